@@ -1,0 +1,256 @@
+"""The live source: Finazon's WebSocket, kept honest and reconnected, feeding the pipeline.
+
+Each of the ``--connections`` slots owns a share of the tickers and loops on its own:
+connect to ``URL?apikey=KEY`` → subscribe → read until the connection dies (closed, ping
+timeout, stale) → back off with full jitter → connect again. Every text frame sent and received
+goes downstream as a :class:`~finazon_trio.events.Sent` / :class:`~finazon_trio.events.Received`,
+framed by ``connected`` / ``disconnected`` lifecycle events. One open connection is a
+:class:`~finazon_trio.live_connection.Connection`. The policies (backoff, rate limit, message
+classification, chunking) are pure and live in :mod:`.backoff` and :mod:`.protocol`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+import trio
+from trio_websocket import (
+    ConnectionRejected,
+    ConnectionTimeout,
+    HandshakeError,
+    open_websocket_url,
+)
+
+from .backoff import Backoff, RetriesExhaustedError
+from .errors import AuthenticationError, ConfigurationError
+from .events import SourceEvent
+from .live_connection import (
+    BACKING_OFF,
+    CONNECTING,
+    FAILED,
+    STALE,
+    STOPPED,
+    SUBSCRIBED,
+    SUBSCRIBING,
+    Connection,
+    Ended,
+)
+from .metrics import SourceMetrics
+from .protocol import event_messages, is_auth_failure, redact_url, split_tickers, url_with_key
+from .recording import redact
+from .settings import Settings
+
+__all__ = [
+    "BACKING_OFF",
+    "CONNECTING",
+    "FAILED",
+    "STALE",
+    "STOPPED",
+    "SUBSCRIBED",
+    "SUBSCRIBING",
+    "live_source",
+    "overall_state",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds the closing handshake may take before the socket is simply closed.
+DISCONNECT_TIMEOUT = 2.0
+#: Messages trio-websocket buffers between the socket and this reader. Past it the socket is
+#: not read (TCP backpressure); the pipeline's channel buffers the rest.
+MESSAGE_QUEUE = 256
+#: Bytes read from the socket at a time.
+RECEIVE_BYTES = 64 * 1024
+#: trio-websocket logs the URL it connects to (key included) at DEBUG level on this logger.
+WEBSOCKET_LOGGER = "trio-websocket"
+
+#: Worst first: the overall state is the worst of the slots'.
+_SEVERITY = (FAILED, STALE, BACKING_OFF, CONNECTING, SUBSCRIBING, SUBSCRIBED, STOPPED)
+
+
+def overall_state(slot_states: Mapping[int, str]) -> str:
+    """The state to show for the whole source: the worst of its slots'."""
+    rank = {state: index for index, state in enumerate(_SEVERITY)}
+    return min(slot_states.values(), key=lambda s: rank.get(s, -1), default=STOPPED)
+
+
+async def live_source(
+    settings: Settings,
+    send: trio.MemorySendChannel[SourceEvent],
+    metrics: SourceMetrics,
+    *,
+    jitter: Callable[[], float] | None = None,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Stream the subscription's tickers from Finazon into ``send`` until cancelled.
+
+    Reconnects after every failure; raises :class:`AuthenticationError` at once when the key
+    is refused, :class:`RetriesExhaustedError` when ``max_retries`` failures come in a row, and
+    :class:`ConfigurationError` (before connecting) without a key or tickers. ``send`` is closed
+    on exit. Cancellation closes the sockets and emits a last ``disconnected`` per open
+    connection. ``jitter`` (tests) replaces ``random.random`` in the backoff.
+    """
+    async with send:
+        live = settings.live
+        if not live.api_key.strip():
+            raise ConfigurationError("no Finazon API key: set FINAZON_API_KEY")
+        groups = split_tickers(settings.subscription.tickers, live.connections)
+        if not groups[0]:
+            raise ConfigurationError("no tickers to subscribe to")
+        subscriptions = [event_messages("subscribe", settings.subscription, g) for g in groups]
+        source = _Source(settings, send, metrics, jitter)
+        task_status.started()
+        try:
+            with _redacted_log(WEBSOCKET_LOGGER, live.api_key):
+                async with trio.open_nursery() as nursery:
+                    for slot, tickers in enumerate(groups, 1):
+                        nursery.start_soon(source.run_slot, slot, tickers, subscriptions[slot - 1])
+        except* (AuthenticationError, RetriesExhaustedError) as group:
+            raise group.exceptions[0] from None
+        finally:
+            source.stopped()
+
+
+class _RedactFilter(logging.Filter):
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.secret in message or "apikey=" in message:
+            record.msg, record.args = redact(message, (self.secret,)), ()
+        return True
+
+
+@contextlib.contextmanager
+def _redacted_log(name: str, secret: str) -> Iterator[None]:
+    """While the block runs, redact ``secret`` from what logger ``name`` logs."""
+    log, redacting = logging.getLogger(name), _RedactFilter(secret)
+    log.addFilter(redacting)
+    try:
+        yield
+    finally:
+        log.removeFilter(redacting)
+
+
+class _Source:
+    """What the slots share: settings, the output channel, metrics and connection numbers."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        send: trio.MemorySendChannel[SourceEvent],
+        metrics: SourceMetrics,
+        jitter: Callable[[], float] | None,
+    ) -> None:
+        self.settings = settings
+        self.send = send
+        self.metrics = metrics
+        self.key = settings.live.api_key
+        self.url = url_with_key(settings.live.url, self.key)
+        self.endpoint = redact_url(self.url, self.key)
+        self.numbers = itertools.count(1)
+        self._jitter = jitter or random.random
+        self._retry_at: dict[int, float] = {}
+        self._ever_connected: set[int] = set()
+        metrics.endpoint = self.endpoint
+
+    def redact(self, text: str) -> str:
+        return redact(text, (self.key,))
+
+    def set_state(self, slot: int, state: str) -> None:
+        self.metrics.slot_states[slot] = state
+        self.metrics.state = overall_state(self.metrics.slot_states)
+
+    def stopped(self) -> None:
+        for slot, state in self.metrics.slot_states.items():
+            if state != FAILED:
+                self.metrics.slot_states[slot] = STOPPED
+        self.metrics.state = overall_state(self.metrics.slot_states)
+        self.metrics.next_attempt_at = None
+
+    async def run_slot(self, slot: int, tickers: tuple[str, ...], messages: list[str]) -> None:
+        """Connect, stream, and reconnect with backoff, for ever or until a final error."""
+        live = self.settings.live
+        backoff = Backoff(
+            max_backoff=live.max_backoff, max_retries=live.max_retries, jitter=self._jitter
+        )
+        while True:
+            self.set_state(slot, CONNECTING)
+            ended = await self._attempt(slot, tickers, messages)
+            if ended.auth:
+                self.set_state(slot, FAILED)
+                raise AuthenticationError(
+                    f"Finazon refused the API key ({ended.reason}; {self.endpoint}): check "
+                    "FINAZON_API_KEY. Not retrying: another attempt would be refused too."
+                )
+            delay = backoff.next_delay(ended.healthy_for)
+            if delay is None:
+                self.set_state(slot, FAILED)
+                raise RetriesExhaustedError(
+                    f"gave up on {self.endpoint} after {live.max_retries} retries in a row "
+                    f"(--max-retries); the last attempt ended with: {ended.reason}"
+                )
+            logger.warning(
+                "connection slot %d: %s; next attempt in %.2f s", slot, ended.reason, delay
+            )
+            self._retry_at[slot] = time.time() + delay
+            self.metrics.next_attempt_at = min(self._retry_at.values())
+            self.set_state(slot, BACKING_OFF)
+            try:
+                await trio.sleep(delay)
+            finally:
+                del self._retry_at[slot]
+                self.metrics.next_attempt_at = min(self._retry_at.values(), default=None)
+
+    async def _attempt(self, slot: int, tickers: tuple[str, ...], messages: list[str]) -> Ended:
+        live = self.settings.live
+        connection: Connection | None = None
+        failure: Ended | None = None
+        try:
+            with trio.CancelScope() as abort:
+                async with open_websocket_url(
+                    self.url,
+                    message_queue_size=MESSAGE_QUEUE,
+                    receive_buffer_size=RECEIVE_BYTES,
+                    connect_timeout=live.connect_timeout,
+                    disconnect_timeout=DISCONNECT_TIMEOUT,
+                ) as ws:
+                    number = next(self.numbers)
+                    self._connected(slot, number)
+                    connection = Connection(
+                        self, ws, live, number=number, slot=slot, tickers=tickers, messages=messages
+                    )
+                    await connection.run()
+                    if connection.abort:
+                        abort.cancel()  # the peer is unresponsive: skip the closing handshake
+        except ConnectionRejected as exc:
+            failure = self._rejected(exc)
+        except ConnectionTimeout:
+            failure = Ended(f"handshake timed out after {live.connect_timeout:g} s")
+        except (HandshakeError, OSError, trio.BrokenResourceError) as exc:
+            cause = exc.__cause__ or exc
+            failure = Ended(self.redact(f"connecting failed: {cause!r}"))
+        if connection is not None:
+            return connection.ended
+        assert failure is not None
+        self.metrics.connect_failures += 1
+        return failure
+
+    def _rejected(self, exc: ConnectionRejected) -> Ended:
+        body = (exc.body or b"").decode("utf-8", "replace")
+        reason = self.redact(f"handshake rejected with HTTP {exc.status_code} {body[:200]}")
+        return Ended(reason.strip(), auth=exc.status_code in (401, 403) or is_auth_failure(body))
+
+    def _connected(self, slot: int, number: int) -> None:
+        self.metrics.connects += 1
+        if slot in self._ever_connected:
+            self.metrics.reconnects += 1
+        self._ever_connected.add(slot)
+        self.metrics.connection = number

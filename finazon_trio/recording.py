@@ -1,0 +1,402 @@
+"""Recording format version 1: every frame a source saw, as JSON Lines.
+
+Line 1 is the header; each later line is a frame or a connection lifecycle event::
+
+    {"format": "finazon-trio/recording", "version": 1, "created_ns": ..., "source": {"url": ...,
+     "dataset": ..., "tickers": [...], "channel": "bars", "frequency": "1s", "aggregation": "1m"}}
+    {"t_ns": ..., "conn": 1, "dir": "in", "text": "<the WebSocket text frame as received>"}
+    {"t_ns": ..., "conn": 1, "event": "disconnected", "reason": "..."}
+
+The writer is the :class:`Recorder` pipeline stage (and :func:`write_recording` for tools); the
+reader is :func:`read_header` and :func:`iter_entries`. The API key never reaches a file: every
+text written goes through :func:`redact`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Generator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, TypeVar
+
+import attrs
+import orjson
+import trio
+
+from .errors import RecordingError
+from .events import Lifecycle, Received, Sent, SourceEvent
+from .settings import (
+    DEFAULT_AGGREGATION,
+    DEFAULT_CHANNEL,
+    DEFAULT_DATASET,
+    DEFAULT_FREQUENCY,
+    Settings,
+    Subscription,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "finazon-trio/recording"
+VERSION = 1
+#: The recorder writes what it buffered at least this often (seconds).
+FLUSH_INTERVAL = 1.0
+#: The final write on exit gives up after this long (seconds), so shutdown stays bounded.
+CLOSE_TIMEOUT = 5.0
+#: The recorder writes early once this much is buffered, so a slow disk cannot eat memory.
+MAX_BUFFERED_BYTES = 8 << 20
+#: The reader's chunk size.
+READ_CHUNK = 1 << 20
+#: Longer lines are reported as corrupt without being held in memory whole.
+MAX_LINE_BYTES = 16 << 20
+
+REDACTED = "***"
+_T = TypeVar("_T")
+_APIKEY = re.compile(r"(apikey=)[^&\s\"']*", re.IGNORECASE)
+_LIFECYCLE_EVENTS: dict[object, Literal["connected", "disconnected"]] = {
+    "connected": "connected",
+    "disconnected": "disconnected",
+}
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every ``apikey=...`` value and every literal secret replaced by ``***``."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    if "apikey=" in text.lower():  # cheap test first: almost no frame has one
+        text = _APIKEY.sub(r"\g<1>" + REDACTED, text)
+    return text
+
+
+def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(values)
+
+
+@attrs.frozen
+class RecordingHeader:
+    """Line 1 of a recording: when it was made and what was subscribed to, from where."""
+
+    created_ns: int
+    #: The WebSocket URL, API key redacted.
+    url: str
+    dataset: str = DEFAULT_DATASET
+    tickers: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    channel: str = DEFAULT_CHANNEL
+    frequency: str = DEFAULT_FREQUENCY
+    aggregation: str = DEFAULT_AGGREGATION
+
+    def subscription(self) -> Subscription:
+        """The subscription the recorded run used (raises ``ValueError`` on a bad frequency)."""
+        return Subscription(
+            dataset=self.dataset,
+            tickers=self.tickers,
+            channel=self.channel,
+            frequency=self.frequency,
+            aggregation=self.aggregation,
+        )
+
+
+def header_from_settings(settings: Settings, url: str) -> RecordingHeader:
+    """The header for a live run with these settings, connected to ``url`` (key redacted)."""
+    sub = settings.subscription
+    return RecordingHeader(
+        created_ns=time.time_ns(),
+        url=redact(url, (settings.live.api_key,)),
+        dataset=sub.dataset,
+        tickers=sub.tickers,
+        channel=sub.channel,
+        frequency=sub.frequency,
+        aggregation=sub.aggregation,
+    )
+
+
+def encode_header(header: RecordingHeader, secrets: Sequence[str] = ()) -> bytes:
+    """The header line, newline included."""
+    source = {
+        "url": redact(header.url, secrets),
+        "dataset": header.dataset,
+        "tickers": list(header.tickers),
+        "channel": header.channel,
+        "frequency": header.frequency,
+        "aggregation": header.aggregation,
+    }
+    line = {"format": FORMAT, "version": VERSION, "created_ns": header.created_ns, "source": source}
+    return orjson.dumps(line) + b"\n"
+
+
+def encode_entry(event: SourceEvent, secrets: Sequence[str] = ()) -> bytes:
+    """One event's line, newline included, with the key redacted from its text."""
+    entry: dict[str, Any]
+    if isinstance(event, Lifecycle):
+        reason = redact(event.reason, secrets)
+        entry = {"t_ns": event.t_ns, "conn": event.conn, "event": event.event, "reason": reason}
+    else:
+        direction = "in" if isinstance(event, Received) else "out"
+        text = redact(event.text, secrets)
+        entry = {"t_ns": event.t_ns, "conn": event.conn, "dir": direction, "text": text}
+    return orjson.dumps(entry) + b"\n"
+
+
+def write_recording(
+    path: Path, header: RecordingHeader, events: Iterable[SourceEvent], secrets: Sequence[str] = ()
+) -> int:
+    """Write a whole recording at once (blocking; for tools and tests). Returns lines written."""
+    try:
+        with open(path, "wb") as file:
+            file.write(encode_header(header, secrets))
+            lines = 1
+            for event in events:
+                file.write(encode_entry(event, secrets))
+                lines += 1
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    return lines
+
+
+class Recorder:
+    """The optional pipeline stage that writes every event to a recording and passes it on.
+
+    Lines are buffered in memory and written by a worker thread at least every
+    :data:`FLUSH_INTERVAL` seconds and on exit, so a crash loses at most the last second and
+    the file always ends with a whole line (unless the process dies inside a write).
+    """
+
+    def __init__(self, path: Path, header: RecordingHeader, secrets: Sequence[str] = ()) -> None:
+        self.path = path
+        self.header = header
+        self._secrets = tuple(secret for secret in secrets if secret)
+        self._buffer: list[bytes] = []
+        self._buffered_bytes = 0
+        self._lock = trio.Lock()  # one write at a time, in buffer order
+        #: Lines on disk so far, the header included.
+        self.lines_written = 0
+
+    async def run(
+        self,
+        receive: trio.MemoryReceiveChannel[SourceEvent],
+        send: trio.MemorySendChannel[SourceEvent],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Record and forward events until ``receive`` ends; then write the rest and close.
+
+        Started with ``nursery.start``: the file is created and its header written first, so a
+        path that cannot be written fails there with :class:`RecordingError`. On cancellation
+        the buffered lines are still written, within :data:`CLOSE_TIMEOUT` seconds.
+        """
+        file = await trio.to_thread.run_sync(self._create)
+        self.lines_written = 1
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_periodically, file)
+                task_status.started()
+                async with receive, send:
+                    async for event in receive:
+                        line = encode_entry(event, self._secrets)
+                        self._buffer.append(line)
+                        self._buffered_bytes += len(line)
+                        if self._buffered_bytes >= MAX_BUFFERED_BYTES:
+                            await self._flush(file)
+                        await send.send(event)
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
+                await self._flush(file, close=True)
+            if scope.cancelled_caught:
+                logger.error(
+                    "the recording %s was not closed within %ss: its last second may be missing",
+                    self.path,
+                    CLOSE_TIMEOUT,
+                )
+
+    def _create(self) -> BinaryIO:
+        try:
+            file = open(self.path, "wb")  # noqa: SIM115 (closed by run's final flush)
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        try:
+            file.write(encode_header(self.header, self._secrets))
+            file.flush()
+        except OSError as exc:
+            file.close()
+            raise _write_error(self.path, exc) from exc
+        return file
+
+    async def _flush_periodically(self, file: BinaryIO) -> None:
+        deadline = trio.current_time()
+        while True:
+            deadline += FLUSH_INTERVAL
+            await trio.sleep_until(deadline)
+            await self._flush(file)
+
+    async def _flush(self, file: BinaryIO, *, close: bool = False) -> None:
+        async with self._lock:
+            lines, self._buffer, self._buffered_bytes = self._buffer, [], 0
+            if not lines and not close:
+                return
+            # Only the final write may be abandoned (on timeout): nothing writes after it.
+            await trio.to_thread.run_sync(
+                _write, file, b"".join(lines), self.path, close, abandon_on_cancel=close
+            )
+            self.lines_written += len(lines)
+
+
+def _write(file: BinaryIO, data: bytes, path: Path, close: bool) -> None:
+    try:
+        file.write(data)
+        file.flush()
+        if close:
+            os.fsync(file.fileno())
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        if close:
+            file.close()
+
+
+def _write_error(path: Path, exc: OSError) -> RecordingError:
+    return RecordingError(f"cannot write the recording {path}: {exc.strerror or exc}")
+
+
+@attrs.frozen
+class Corrupt:
+    """A recording line that is not a valid entry (``line_no`` counts the header as line 1)."""
+
+    line_no: int
+    reason: str
+
+
+def read_header(path: Path) -> RecordingHeader:
+    """The header of the recording at ``path``; :class:`RecordingError` if it is not one."""
+    with _open_for_reading(path) as file:
+        return _read_header(file, path)
+
+
+def iter_entries(path: Path) -> Generator[SourceEvent | Corrupt, None, None]:
+    """Every line after the header, in file order: an event, or :class:`Corrupt` if it is not
+    valid (a truncated last line, a damaged or unknown one). Blocking: run it in a thread.
+
+    The header is checked first (:class:`RecordingError`, raised on the first ``next``).
+    """
+    with _open_for_reading(path) as file:
+        _read_header(file, path)
+        line_no = 1
+        tail: list[bytes] = []  # the unfinished line, in pieces
+        tail_bytes = 0
+        while chunk := file.read(READ_CHUNK):
+            lines = chunk.split(b"\n")
+            if len(lines) == 1:
+                if tail_bytes <= MAX_LINE_BYTES:
+                    tail.append(chunk)
+                tail_bytes += len(chunk)
+                continue
+            if tail:
+                line_no += 1
+                tail.append(lines[0])
+                yield _entry(b"".join(tail), line_no, tail_bytes + len(lines[0]))
+                del lines[0]
+            last = lines.pop()
+            for line in lines:
+                line_no += 1
+                yield _parse_entry(line, line_no)
+            tail, tail_bytes = [last], len(last)
+        if tail_bytes:
+            yield _entry(b"".join(tail), line_no + 1, tail_bytes, truncated=True)
+
+
+def _entry(
+    line: bytes, line_no: int, size: int, *, truncated: bool = False
+) -> SourceEvent | Corrupt:
+    if size > MAX_LINE_BYTES:
+        return Corrupt(line_no, f"line longer than {MAX_LINE_BYTES:,} bytes")
+    return _parse_entry(line, line_no, truncated=truncated)
+
+
+def _parse_entry(line: bytes, line_no: int, *, truncated: bool = False) -> SourceEvent | Corrupt:
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        if truncated:
+            return Corrupt(line_no, "truncated line")
+        return Corrupt(line_no, "empty line" if not line.strip() else "corrupt line (not JSON)")
+    if type(obj) is not dict:
+        return Corrupt(line_no, "corrupt line (not a JSON object)")
+    t_ns = obj.get("t_ns")
+    conn = obj.get("conn")
+    if type(t_ns) is not int or type(conn) is not int:
+        return Corrupt(line_no, "corrupt line (t_ns or conn missing or not an integer)")
+    direction = obj.get("dir")
+    if direction is not None:
+        text = obj.get("text")
+        if type(text) is not str:
+            return Corrupt(line_no, "corrupt line (frame without a text)")
+        if direction == "in":
+            return Received(t_ns, conn, text)
+        if direction == "out":
+            return Sent(t_ns, conn, text)
+        return Corrupt(line_no, f"unknown frame direction {str(direction)[:20]!r}")
+    event = _LIFECYCLE_EVENTS.get(obj.get("event"))
+    if event is None:
+        return Corrupt(line_no, "unknown entry (neither a frame nor a lifecycle event)")
+    reason = obj.get("reason", "")
+    if type(reason) is not str:
+        return Corrupt(line_no, "corrupt line (reason is not a string)")
+    return Lifecycle(t_ns, conn, event, reason)
+
+
+def _open_for_reading(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")
+    except FileNotFoundError as exc:
+        raise RecordingError(f"recording {path} not found") from exc
+    except OSError as exc:
+        raise RecordingError(f"cannot read the recording {path}: {exc.strerror or exc}") from exc
+
+
+def _read_header(file: BinaryIO, path: Path) -> RecordingHeader:
+    not_one = f"{path} is not a finazon-trio recording"
+    line = file.readline(MAX_LINE_BYTES)
+    if not line.strip():
+        raise RecordingError(f"{path} is empty (or its first line is): not a recording")
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise RecordingError(f"{not_one}: its first line is not a JSON header") from exc
+    if type(obj) is not dict or obj.get("format") != FORMAT:
+        raise RecordingError(f'{not_one}: its header lacks "format": "{FORMAT}"')
+    version = obj.get("version")
+    if type(version) is not int or version != VERSION:
+        raise RecordingError(
+            f"{path} is recording format version {version!r}; "
+            f"this finazon-trio reads version {VERSION}"
+        )
+    source = obj.get("source")
+    if type(source) is not dict:
+        raise RecordingError(f'{path}: the header has no "source" object')
+    tickers = source.get("tickers", [])
+    if type(tickers) is not list or not all(type(t) is str for t in tickers):
+        raise RecordingError(f'{path}: the header\'s "tickers" is not a list of strings')
+    header = RecordingHeader(
+        created_ns=_header_field(obj, "created_ns", int, 0, path),
+        url=_header_field(source, "url", str, "", path),
+        dataset=_header_field(source, "dataset", str, DEFAULT_DATASET, path),
+        tickers=tickers,
+        channel=_header_field(source, "channel", str, DEFAULT_CHANNEL, path),
+        frequency=_header_field(source, "frequency", str, DEFAULT_FREQUENCY, path),
+        aggregation=_header_field(source, "aggregation", str, DEFAULT_AGGREGATION, path),
+    )
+    try:
+        header.subscription()
+    except ValueError as exc:
+        raise RecordingError(f"{path}: the header's subscription is invalid: {exc}") from exc
+    return header
+
+
+def _header_field(obj: dict[str, Any], key: str, kind: type[_T], default: _T, path: Path) -> _T:
+    value = obj.get(key, default)
+    if type(value) is not kind:
+        raise RecordingError(f"{path}: the header's {key!r} is not a {kind.__name__}")
+    return value

@@ -1,0 +1,218 @@
+"""The transform stage: frames in, Kafka records of the output contract out.
+
+Each bar frame becomes ``N`` price ticks and one volume-stream record (see the contract in
+``issues show 2``); anything else is a protocol message (counted) or a reject (counted, logged
+at a limited rate, optionally sent to the dead-letter topic). This is the hot path: every frame
+of a run goes through :meth:`Transformer.on_frame`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import attrs
+import orjson
+import trio
+
+from finazon_trio.events import Message, Outgoing, Received, SourceEvent
+from finazon_trio.frames import STALE, Bar, Protocol, Reject, parse_frame
+from finazon_trio.interpolation import extremes_path, linear_path, new_extremes, tick_times
+from finazon_trio.metrics import TickerBoard, TransformMetrics
+from finazon_trio.settings import Output, Subscription
+
+logger = logging.getLogger(__name__)
+
+#: Rejects of one reason logged in full before rate limiting starts.
+LOG_FIRST_REJECTS = 5
+#: Then at most one log line per reason per this many seconds.
+LOG_REJECT_INTERVAL = 10.0
+#: Frames are shortened to this many characters in the log.
+LOG_FRAME_CHARS = 200
+
+
+@attrs.define
+class _BarState:
+    """What the transform remembers of a symbol's current bar."""
+
+    bar_time: int
+    close: float
+    volume: int | float
+    high: float
+    low: float
+
+
+class Transformer:
+    """Turns text frames into Kafka records; holds the per-symbol bar state. Not thread-safe."""
+
+    def __init__(
+        self,
+        output: Output,
+        subscription: Subscription,
+        metrics: TransformMetrics,
+        *,
+        tickers: TickerBoard | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``tickers`` (the dashboard's per-ticker board) gets every accepted bar update;
+        ``clock`` (seconds) paces the reject log."""
+        self._output = output
+        self._subscription = subscription
+        self._metrics = metrics
+        self._tickers = tickers
+        self._points = output.points
+        self._interval_ms = subscription.frequency_ms
+        self._bars: dict[str, _BarState] = {}
+        self._reject_log = _RejectLog(clock)
+
+    def on_frame(self, t_ns: int, text: str) -> list[Message]:
+        """The records for one frame received at ``t_ns`` (ns since the epoch), in order."""
+        e = t_ns // 1_000_000
+        self._metrics.last_event_ms = e
+        messages: list[Message] = []
+        for item in parse_frame(text):
+            if isinstance(item, Bar):
+                self._on_bar(e, item, messages)
+            elif isinstance(item, Protocol):
+                self._metrics.protocol_messages += 1
+            else:
+                self._on_reject(e, item, messages)
+        return messages
+
+    def _on_bar(self, e: int, bar: Bar, messages: list[Message]) -> None:
+        state = self._bars.get(bar.symbol)
+        if state is None or bar.bar_time > state.bar_time:
+            new_bar = True
+            start, volume_delta = bar.open, bar.volume
+            prior_high = prior_low = bar.open
+            self._bars[bar.symbol] = _BarState(
+                bar.bar_time, bar.close, bar.volume, bar.high, bar.low
+            )
+        elif bar.bar_time == state.bar_time:
+            new_bar = False
+            start, volume_delta = state.close, bar.volume - state.volume
+            prior_high, prior_low = state.high, state.low
+            state.close, state.volume = bar.close, bar.volume
+            state.high, state.low = max(state.high, bar.high), min(state.low, bar.low)
+        else:
+            detail = f"bar time {bar.bar_time} is older than the current bar {state.bar_time}"
+            self._on_reject(e, Reject(STALE, detail, bar.raw.decode(), bar.symbol), messages)
+            return
+
+        n = self._points
+        if self._output.path == "extremes":
+            via = new_extremes(start, bar.high, bar.low, prior_high=prior_high, prior_low=prior_low)
+            prices = extremes_path(start, bar.close, via, n, include_start=new_bar)
+        else:
+            prices = linear_path(start, bar.close, n, include_start=new_bar)
+
+        key = bar.symbol.encode()
+        topic = self._output.price_ticks_topic
+        times = tick_times(e, bar.frequency_ms or self._interval_ms, n)
+        # Tick values are formatted straight to bytes, with the prices' text from one
+        # orjson.dumps of the whole list (split at its commas): 4x faster than a dict and a
+        # dumps per tick, or repr() per price (150 -> 40 us per frame of 90 ticks).
+        prefix = b'{"symbol":' + orjson.dumps(bar.symbol) + b',"timestamp":'
+        price_texts = orjson.dumps(prices)[1:-1].split(b",")
+        messages += [
+            (topic, key, b'%s%d,"price":%s}' % (prefix, ts, price), ts, None)
+            for ts, price in zip(times, price_texts, strict=True)
+        ]
+        volume = self._volume_value(e, bar, volume_delta)
+        messages.append((self._output.volume_stream_topic, key, volume, e, None))
+        metrics = self._metrics
+        metrics.bars += 1
+        metrics.ticks += n
+        metrics.volume_messages += 1
+        if self._tickers is not None:
+            self._tickers.on_bar(bar.symbol, bar.bar_time, bar.open, bar.close, n, e / 1000)
+
+    def _volume_value(self, e: int, bar: Bar, volume_delta: int | float) -> bytes:
+        if self._output.volume_format == "raw":
+            return bar.raw
+        sub = self._subscription
+        return orjson.dumps(
+            {
+                "data_source": _either(bar.data_source, sub.dataset),
+                "provider": _either(bar.provider, sub.provider),
+                "channel": _either(bar.channel, sub.channel),
+                "frequency": _either(bar.frequency, sub.frequency),
+                "aggregation": _either(bar.aggregation, sub.aggregation),
+                "symbol": bar.symbol,
+                "timestamp": e,
+                "bar_time": bar.bar_time,
+                "open_price": bar.open,
+                "high_price": bar.high,
+                "low_price": bar.low,
+                "close_price": bar.close,
+                "volume": bar.volume,
+                "volume_delta": volume_delta,
+            }
+        )
+
+    def _on_reject(self, e: int, reject: Reject, messages: list[Message]) -> None:
+        self._metrics.rejects[reject.reason] += 1
+        self._reject_log(reject)
+        topic = self._output.dead_letter_topic
+        if topic is None:
+            return
+        key = reject.symbol.encode() if reject.symbol is not None else b""
+        # Text from a WebSocket is valid UTF-8; only a lone surrogate from a caller is replaced.
+        value = reject.text.encode(errors="replace")
+        headers = [("reason", reject.reason.encode()), ("detail", reject.detail.encode())]
+        messages.append((topic, key, value, e, headers))
+        self._metrics.dead_letters += 1
+
+
+def _either(value: str | None, fallback: str) -> str:
+    return fallback if value is None else value
+
+
+class _RejectLog:
+    """Logs the first rejects of each reason, then one line per reason per interval."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._seen: Counter[str] = Counter()
+        self._suppressed: Counter[str] = Counter()
+        self._next_at: dict[str, float] = {}
+
+    def __call__(self, reject: Reject) -> None:
+        reason = reject.reason
+        self._seen[reason] += 1
+        now = self._clock()
+        if self._seen[reason] > LOG_FIRST_REJECTS and now < self._next_at[reason]:
+            self._suppressed[reason] += 1
+            return
+        self._next_at[reason] = now + LOG_REJECT_INTERVAL
+        text = reject.text
+        if len(text) > LOG_FRAME_CHARS:
+            text = f"{text[:LOG_FRAME_CHARS]}… ({len(reject.text)} characters)"
+        suppressed = self._suppressed.pop(reason, 0)
+        logger.warning(
+            "rejected frame (%s): %s; frame %r%s",
+            reason,
+            reject.detail,
+            text,
+            f" ({suppressed} more {reason} since the last report)" if suppressed else "",
+        )
+
+
+async def run_transform(
+    receive: trio.MemoryReceiveChannel[SourceEvent],
+    send: trio.MemorySendChannel[Outgoing],
+    transformer: Transformer,
+) -> None:
+    """The transform stage: ``Received`` frames in, their records out, until ``receive`` ends.
+
+    Sent frames and lifecycle events are ignored (the recorder keeps them). Closes ``send`` on
+    exit so the publisher drains and stops. Cancellation stops it between frames.
+    """
+    async with send, receive:
+        async for event in receive:
+            if isinstance(event, Received):
+                messages = transformer.on_frame(event.t_ns, event.text)
+                if messages:
+                    await send.send(Outgoing(event.t_ns, messages))

@@ -1,0 +1,42 @@
+"""Project sessions: tests, lint, typecheck, bench, soak."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+SOURCES = ["finazon_trio", "tests", "scripts", "benchmarks", "noxfile.py"]
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite, against Apache Kafka (jars fetched by Maven) and the embedded broker."""
+    session.install("-e", ".[test]")
+    session.run("python", "scripts/apache_kafka.py", "fetch")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, with the ASYNC rules, and the formatter's check."""
+    session.install("ruff")
+    session.run("ruff", "check", *SOURCES)
+    session.run("ruff", "format", "--check", *SOURCES)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    session.install("-e", ".[dev]")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The performance benchmark: figures as ratios to the bare producer, measured in one run."""
+    session.install("-e", ".[dev]")
+    session.run("python", "scripts/apache_kafka.py", "fetch")
+    session.run("python", "-m", "benchmarks.bench", *session.posargs)
