@@ -104,6 +104,7 @@ async def _run_stages(
                 settings.kafka.replication_factor,
             )
         publisher = Publisher(config, metrics.publisher, settings.kafka.flush_timeout)
+        shutdown.publisher = publisher
         transformer = Transformer(
             settings.output, settings.subscription, metrics.transform, tickers=metrics.tickers
         )
@@ -132,6 +133,7 @@ class _Shutdown:
         self.source = trio.CancelScope()
         self.everything = trio.CancelScope()
         self.stages_running = False
+        self.publisher: Publisher | None = None
 
     async def watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -143,7 +145,9 @@ class _Shutdown:
                     )
                     self.source.cancel()
                 else:
-                    logger.error("%s: exiting without flushing", name)
+                    logger.error("%s again: exiting without flushing", name)
+                    if self.publisher is not None:
+                        self.publisher.abandon_flush()
                     self.everything.cancel()
                     return
 

@@ -229,6 +229,7 @@ class Publisher:
             raise ConfigurationError(f"invalid Kafka setting: {_reason(exc)}") from None
         self._produce: Callable[..., None] = self._producer.produce
         self._stop = threading.Event()
+        self._abandon = threading.Event()
         self._fatal: str | None = None
         self._failure_log = _RateLimitedLog(FAILURE_LOG_INTERVAL)
         self._error_log = _RateLimitedLog(FAILURE_LOG_INTERVAL)
@@ -274,6 +275,12 @@ class Publisher:
         # the flush, once _stop is set.
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._poll_thread, token, limiter=trio.CapacityLimiter(1))
+
+    def abandon_flush(self) -> None:
+        """Cut the flush short (a second Ctrl-C): what is still queued is purged and counted
+        in :attr:`unflushed` at once. Safe to call from the trio thread at any time."""
+        self._abandon.set()
+        self._stop.set()
 
     async def _produce_all(self, receive: trio.MemoryReceiveChannel[Outgoing]) -> None:
         metrics = self.metrics
@@ -340,7 +347,11 @@ class Publisher:
                 "flushing %d messages to Kafka (up to %g s)", len(producer), self.flush_timeout
             )
         deadline = time.monotonic() + self.flush_timeout
-        while len(producer) and (remaining := deadline - time.monotonic()) > 0:
+        while (
+            len(producer)
+            and not self._abandon.is_set()
+            and (remaining := deadline - time.monotonic()) > 0
+        ):
             producer.flush(min(remaining, 0.1))
             self._account(token)
         # The queue length also counts pending logs and errors, so it cannot tell how many
