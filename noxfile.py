@@ -40,3 +40,11 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("python", "scripts/apache_kafka.py", "fetch")
     session.run("python", "-m", "benchmarks.bench", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Live against `serve` at a steady rate for minutes (default 10), sampling memory, open
+    file descriptors, reconnects and latency, with a verdict on drift: `nox -s soak -- --help`."""
+    session.install("-e", ".")
+    session.run("python", "scripts/soak.py", *session.posargs)

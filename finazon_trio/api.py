@@ -49,6 +49,8 @@ class FinazonMarketDataProducer:
         api_key: str | None = None,
         url: str = DEFAULT_URL,
         kafka_config: Mapping[str, str] | None = None,
+        spool_dir: Path | None = None,
+        failed_path: Path | None = None,
         record: Path | None = None,
         **output: object,
     ) -> None:
@@ -62,7 +64,10 @@ class FinazonMarketDataProducer:
                     **output,  # type: ignore[arg-type]
                 ),
                 kafka=KafkaSettings(
-                    endpoint=kafka_endpoint, config=tuple((kafka_config or {}).items())
+                    endpoint=kafka_endpoint,
+                    config=tuple((kafka_config or {}).items()),
+                    spool_dir=spool_dir,
+                    failed_path=failed_path,
                 ),
                 live=LiveSettings(
                     url=url, api_key=api_key or os.environ.get("FINAZON_API_KEY", "")

@@ -1,4 +1,4 @@
-"""The ``finazon-trio`` command: live, replay, serve, broker and generate."""
+"""The ``finazon-trio`` command: live, replay, republish, serve, broker and generate."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ from pathlib import Path
 
 import trio
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .broker import run_embedded_broker
 from .errors import ConfigurationError, FinazonTrioError
+from .failed import FailedFile
 from .live import live_source
-from .metrics import Metrics
+from .metrics import Metrics, PublisherMetrics
 from .pipeline import RunResult, Source, run_pipeline
 from .recording import RecordingHeader, header_from_settings, read_header
 from .replay import replay_source
+from .republish import republish
 from .server import ServerConfig, serve
 from .settings import (
     DEFAULT_AGGREGATION,
@@ -38,6 +41,7 @@ from .settings import (
     Output,
     Settings,
     Subscription,
+    default_spool_dir,
 )
 from .summary import summary_table
 from .synthetic import generate_recording
@@ -101,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output_options(replay)
     replay.set_defaults(handler=_replay)
 
+    again = commands.add_parser(
+        "republish", help="publish undelivered messages (failed-messages files, spool dirs)"
+    )
+    again.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="published in order")
+    _add_kafka_options(again)
+    again.set_defaults(handler=_republish)
+
     srv = commands.add_parser("serve", help="a Finazon-compatible WebSocket server")
     srv.add_argument("recording", type=Path, nargs="?", help="stream this (default: synthetic)")
     srv.add_argument("--host", default="127.0.0.1")
@@ -126,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--frame-style",
         choices=["flat", "wrapped", "legacy"],
         default="flat",
-        help="synthetic bars as flat frames, {\"data\": [...]}, or the older flat shape",
+        help='synthetic bars as flat frames, {"data": [...]}, or the older flat shape',
     )
     srv.set_defaults(handler=_serve)
 
@@ -162,6 +173,10 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port"
     )
+    _add_kafka_options(parser)
+
+
+def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
     kafka = parser.add_argument_group("kafka")
     kafka.add_argument(
         "--kafka-endpoint",
@@ -187,6 +202,19 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         metavar="SECONDS",
         help="wait this long at start for a broker that does not answer yet",
+    )
+    kafka.add_argument(
+        "--spool-dir",
+        type=Path,
+        metavar="DIR",
+        help="live mode keeps what Kafka cannot take yet on disk here "
+        "(default: $XDG_STATE_HOME/finazon-trio, or ~/.local/state/finazon-trio)",
+    )
+    kafka.add_argument(
+        "--failed-path",
+        type=Path,
+        metavar="PATH",
+        help="append undelivered messages here (default: SPOOL_DIR/failed-<run>.jsonl)",
     )
 
 
@@ -217,6 +245,8 @@ def _settings(
                 replication_factor=args.replication_factor,
                 flush_timeout=args.flush_timeout,
                 wait=args.kafka_wait,
+                spool_dir=args.spool_dir,
+                failed_path=args.failed_path,
             ),
             live=live or LiveSettings(),
             record=record,
@@ -293,6 +323,46 @@ def _finish(result: RunResult, metrics: Metrics) -> int:
         logger.error("%d messages were not acknowledged by Kafka before exit", result.unflushed)
     if result.failed:
         logger.error("%d messages failed delivery", result.failed)
+    if result.backlog:
+        logger.error("%d messages were never handed to Kafka", result.backlog)
+    kept = [path for path in (result.failed_path, result.spool_dir) if path]
+    if kept:
+        logger.error(
+            "the undelivered messages are kept in %s; publish them, in this order, with: "
+            "finazon-trio republish %s",
+            " and ".join(kept),
+            " ".join(kept),
+        )
+    return 0 if result.ok else EXIT_FAILED
+
+
+def _republish(args: argparse.Namespace) -> int:
+    try:
+        kafka = KafkaSettings(
+            endpoint=args.kafka_endpoint or None,
+            config=tuple(_key_value(item) for item in args.kafka_config),
+            flush_timeout=args.flush_timeout,
+            wait=args.kafka_wait,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    spool_root = args.spool_dir or default_spool_dir()
+    failed = FailedFile(args.failed_path or spool_root / f"failed-{stamp}-{os.getpid()}.jsonl")
+    metrics = PublisherMetrics()
+    result = trio.run(republish, args.paths, kafka, failed, metrics)
+    logger.info(
+        "republished %s: %d delivered, %d failed, %d not acknowledged, %d lines skipped",
+        " ".join(map(str, args.paths)),
+        result.delivered,
+        result.failed,
+        result.unflushed,
+        len(result.corrupt),
+    )
+    if failed.written:
+        logger.error(
+            "%d messages were not delivered again; they are kept in %s", failed.written, failed.path
+        )
     return 0 if result.ok else EXIT_FAILED
 
 
@@ -362,7 +432,8 @@ def _positive_float(text: str, option: str) -> float:
 def _print_errors(group: BaseExceptionGroup[BaseException]) -> None:
     console = Console(stderr=True)
     for exc in _leaves(group):
-        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # One line however long, and the text as is (an error may quote "[...]" from the user).
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -300,10 +300,20 @@ def _pipeline(snap: Snapshot, now: float) -> Table:
 def _kafka(snap: Snapshot) -> Table:
     pub = part(snap, "publisher")
     grid = _grid()
-    grid.add_row("endpoint", pub.get("endpoint") or DASH)
+    state = pub.get("kafka_state", "up")
+    endpoint = pub.get("endpoint") or DASH
+    if state != "up":
+        endpoint = f"{state} · {endpoint}"
+    grid.add_row("endpoint", Text(endpoint, "" if state == "up" else WARN))
     grid.add_row("produced", fmt_count(pub.get("produced", 0)))
     grid.add_row("delivered", Text(fmt_count(pub.get("delivered", 0)), GOOD))
-    grid.add_row("queued", fmt_count(queued(pub)))
+    backlog = pub.get("backlog", 0)
+    grid.add_row(
+        "queued",
+        Text(f"{fmt_count(queued(pub))} + {backlog:,} on disk", WARN)
+        if backlog
+        else fmt_count(queued(pub)),
+    )
     failed = pub.get("failed", 0)
     grid.add_row("failed", Text(f"{failed:,}", BAD if failed else GOOD))
     p50, p99 = _latency(snap)
@@ -312,9 +322,6 @@ def _kafka(snap: Snapshot) -> Table:
     grid.add_row("latency p99", Text(fmt_latency(p99), p99_style))
     waits = pub.get("backpressure_waits", 0)
     grid.add_row("backpressure", Text(f"{waits:,} waits", WARN if waits else ""))
-    if "backlog" in pub:
-        backlog = pub["backlog"]
-        grid.add_row("backlog", Text(f"{backlog:,} on disk", WARN if backlog else GOOD))
     return grid
 
 

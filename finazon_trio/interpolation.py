@@ -13,6 +13,30 @@ import math
 from collections.abc import Sequence
 
 DECIMALS = 8
+_SCALE = 10.0**DECIMALS
+#: Adding and subtracting 1.5 * 2**52 rounds a float below 2**51 to an integer, half to even:
+#: in [2**52, 2**53) consecutive floats are exactly 1 apart.
+_TO_INTEGER = 1.5 * 2.0**52
+_FAST_BELOW = 2.0**51
+
+
+def round_prices(values: Sequence[float]) -> list[float]:
+    """``[round(x, DECIMALS) for x in values]``, bit for bit, in a third of the time.
+
+    ``round(x, 8)`` goes through a decimal string and back. The same result comes from rounding
+    the product ``y = x * 1e8`` to an integer ``r`` and dividing by 1e8 (both exact below 2**51:
+    prices up to 22 million), but for one case. ``round`` rounds the exact product, and ``y`` is
+    the product rounded to a float; below 2**52 every half-integer is a float, and rounding never
+    jumps over a float, so ``y`` lies on the same side of every half as the exact product, or on
+    the half itself. Only then (ties included), and for zero, negative, huge or non-finite
+    values, does this call ``round``.
+    """
+    return [
+        r / _SCALE if 0.0 < y < _FAST_BELOW and -0.5 < y - r < 0.5 else round(x, DECIMALS)
+        for x in values
+        for y in (x * _SCALE,)
+        for r in (y + _TO_INTEGER - _TO_INTEGER,)
+    ]
 
 
 def linear_path(start: float, close: float, n: int, *, include_start: bool) -> list[float]:
@@ -26,10 +50,10 @@ def linear_path(start: float, close: float, n: int, *, include_start: bool) -> l
         return [close]
     span = close - start
     if math.isfinite(span * steps):
-        path = [round(start + span * k / steps, DECIMALS) for k in range(first, first + n - 1)]
+        path = round_prices([start + span * k / steps for k in range(first, first + n - 1)])
     else:  # prices near the float limit, where span * k would overflow
         step = span / steps
-        path = [round(start + step * k, DECIMALS) for k in range(first, first + n - 1)]
+        path = round_prices([start + step * k for k in range(first, first + n - 1)])
     path.append(close)
     return path
 
@@ -72,7 +96,7 @@ def extremes_path(
         return [close]
     # Distances in units of the longest segment, so that the total cannot overflow.
     ends = list(itertools.accumulate(length / longest for length in lengths))
-    path: list[float] = []
+    raw: list[float] = []
     segment = 0
     for k in range(first, first + n - 1):
         travelled = ends[-1] * k / steps
@@ -82,7 +106,8 @@ def extremes_path(
         width = ends[segment] - begins
         fraction = min((travelled - begins) / width, 1.0) if width else 1.0
         a, b = corners[segment], corners[segment + 1]
-        path.append(round(a + (b - a) * fraction, DECIMALS))
+        raw.append(a + (b - a) * fraction)
+    path = round_prices(raw)
     path.append(close)
     return path
 

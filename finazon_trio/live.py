@@ -103,14 +103,14 @@ async def live_source(
         if not groups[0]:
             raise ConfigurationError("no tickers to subscribe to")
         subscriptions = [event_messages("subscribe", settings.subscription, g) for g in groups]
-        source = _Source(settings, send, metrics, jitter)
+        source = _Source(settings, send, metrics, jitter, slots=len(groups))
         task_status.started()
         try:
             with _redacted_log(WEBSOCKET_LOGGER, live.api_key):
                 async with trio.open_nursery() as nursery:
                     for slot, tickers in enumerate(groups, 1):
                         nursery.start_soon(source.run_slot, slot, tickers, subscriptions[slot - 1])
-        except* (AuthenticationError, RetriesExhaustedError) as group:
+        except* (AuthenticationError, ConfigurationError, RetriesExhaustedError) as group:
             raise group.exceptions[0] from None
         finally:
             source.stopped()
@@ -148,6 +148,8 @@ class _Source:
         send: trio.MemorySendChannel[SourceEvent],
         metrics: SourceMetrics,
         jitter: Callable[[], float] | None,
+        *,
+        slots: int,
     ) -> None:
         self.settings = settings
         self.send = send
@@ -159,6 +161,8 @@ class _Source:
         self._jitter = jitter or random.random
         self._retry_at: dict[int, float] = {}
         self._ever_connected: set[int] = set()
+        self._slots = slots
+        self._refused: set[int] = set()  # slots whose tickers or subscription were refused
         metrics.endpoint = self.endpoint
 
     def redact(self, text: str) -> str:
@@ -190,6 +194,21 @@ class _Source:
                     f"Finazon refused the API key ({ended.reason}; {self.endpoint}): check "
                     "FINAZON_API_KEY. Not retrying: another attempt would be refused too."
                 )
+            if ended.refused:
+                self.set_state(slot, FAILED)
+                self._refused.add(slot)
+                if len(self._refused) == self._slots:
+                    raise ConfigurationError(
+                        f"{ended.reason} ({self.endpoint}): {ended.refused}. Not retrying: "
+                        "another attempt would be refused too."
+                    )
+                logger.error(
+                    "connection slot %d: %s; %s. The other connections go on.",
+                    slot,
+                    ended.reason,
+                    ended.refused,
+                )
+                return
             delay = backoff.next_delay(ended.healthy_for)
             if delay is None:
                 self.set_state(slot, FAILED)

@@ -26,6 +26,7 @@ from .protocol import (
     HeartbeatReply,
     ServerError,
     ServerMessage,
+    SubscriptionRefused,
     TickerError,
     classify,
     is_auth_failure,
@@ -67,6 +68,8 @@ class Ended:
     reason: str
     healthy_for: float = 0.0
     auth: bool = False
+    #: The server refused every ticker or the subscription itself: what to check (final).
+    refused: str = ""
 
 
 class Connection:
@@ -102,6 +105,8 @@ class Connection:
         self._opened = self._last_message = trio.current_time()
         self._acked = False
         self._subscribed: set[str] = set()
+        self._refused: dict[str, str] = {}  # ticker -> the server's error
+        self._refusal = ""
         # While the pipeline pushes back, the server cannot be blamed for a late pong.
         self._blocked = False
         self._unblocked_at = -math.inf
@@ -125,7 +130,8 @@ class Connection:
                 await self._read()
         finally:
             reason = self._reason or "shutdown"
-            self.ended = Ended(reason, self._last_message - self._opened, self._auth)
+            healthy_for = self._last_message - self._opened
+            self.ended = Ended(reason, healthy_for, self._auth, self._refusal)
             self.metrics.disconnects += 1
             self.metrics.last_disconnect = reason
             self.metrics.subscribed -= self._subscribed
@@ -139,11 +145,14 @@ class Connection:
     def _redact(self, text: str) -> str:
         return redact(text, (self.source.key,))
 
-    def _die(self, reason: str, *, abort: bool = False, auth: bool = False) -> None:
+    def _die(
+        self, reason: str, *, abort: bool = False, auth: bool = False, refused: str = ""
+    ) -> None:
         if self._reason is None:
             self._reason = self._redact(reason)
             self.abort = abort
             self._auth = auth
+            self._refusal = refused
         self._scope.cancel()
 
     def _closed(self, reason: CloseReason | None) -> None:
@@ -219,6 +228,20 @@ class Connection:
                 self.number,
                 kind.ticker,
                 self._redact(kind.message),
+            )
+            if kind.ticker in self.tickers:
+                self._refused[kind.ticker] = self._redact(kind.message)
+            if not self._subscribed and self._refused.keys() >= self.tickers:
+                shown = "; ".join(f"{t}: {m}" for t, m in sorted(self._refused.items())[:5])
+                more = f" and {len(self._refused) - 5} more" if len(self._refused) > 5 else ""
+                self._die(
+                    f"Finazon refused every ticker ({shown}{more})",
+                    refused="check --tickers, and that they belong to --dataset",
+                )
+        elif isinstance(kind, SubscriptionRefused):
+            self._die(
+                f"Finazon refused the subscription: {kind.message}",
+                refused="check --dataset, --frequency and --aggregation",
             )
         elif isinstance(kind, AuthFailure):
             self._die(f"server error: {kind.message}", abort=True, auth=True)

@@ -66,7 +66,8 @@ class TransformMetrics:
 @attrs.define
 class PublisherMetrics:
     """``produced`` and ``backpressure_waits`` are written by the publisher task, ``delivered``,
-    ``failed``, ``queued`` and the latency histograms by its poll thread."""
+    ``failed``, ``queued`` and the latency histograms by its poll thread; ``backlog``,
+    ``backlog_bytes``, ``spooled`` and ``spool_dir`` by the spool stage (live mode)."""
 
     produced: int = 0
     delivered: int = 0
@@ -76,6 +77,19 @@ class PublisherMetrics:
     backpressure_waits: int = 0
     endpoint: str = ""
     embedded: bool = False
+    #: ``connecting``, ``waiting`` (does not answer yet at start), ``up`` or ``down`` (all
+    #: brokers unreachable). Written while waiting at start, then by the poll thread.
+    kafka_state: str = ""
+    #: Messages the spool holds for Kafka (on disk, or on their way there or back).
+    backlog: int = 0
+    #: Bytes of spool segments on disk not handed to the publisher yet.
+    backlog_bytes: int = 0
+    #: Messages that went through the spool since the start.
+    spooled: int = 0
+    #: Where the spool writes its segments ("" until it first does).
+    spool_dir: str = ""
+    #: The failed-messages file, once something was written to it ("" otherwise).
+    failed_path: str = ""
     #: Produce → acknowledgement latency of each ``Outgoing`` (the time its last record was
     #: produced to the time Kafka had acknowledged as many records as were produced by then),
     #: counts per bucket of ``publisher.LATENCY_BUCKETS_MS`` (``stats.latency_quantiles`` reads

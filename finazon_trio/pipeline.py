@@ -1,14 +1,23 @@
-"""The nursery wiring: source → [recorder] → transform → publisher, and the broker around them.
+"""The nursery wiring: source → [recorder] → transform → [spool] → publisher, and the broker
+around them.
+
+Live mode (``metrics.mode == "live"``) adds the spool (:mod:`.spool`): a live source cannot be
+made to wait, so it starts at once, and whatever Kafka cannot take yet (it has not answered at
+start, or it is slow or away) waits on disk. A replay waits for Kafka instead.
 
 Shutdown: the first SIGINT/SIGTERM cancels only the source. Its channel closes, the transform
-drains and closes its own, and the publisher flushes what is queued within the flush deadline.
-A second signal cancels everything at once.
+drains and closes its own, the spool hands over its backlog and the publisher flushes what is
+queued, all within the flush deadline (``--flush-timeout``) counted from the moment the source
+stopped; what Kafka has not taken by then goes to the failed-messages file (or stays in the
+spool directory). A second signal cancels everything at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -17,12 +26,16 @@ import trio
 
 from .broker import run_embedded_broker
 from .dashboard import run_dashboard, run_log
+from .errors import KafkaError
 from .events import Outgoing, SourceEvent
+from .failed import FailedFile
+from .kafka_admin import Config, ensure_topics, wait_for_kafka
 from .metrics import Metrics
 from .prometheus import serve_metrics
-from .publisher import Publisher, ensure_topics, producer_config, wait_for_kafka
+from .publisher import Publisher, producer_config
 from .recording import Recorder, RecordingHeader
 from .settings import Settings
+from .spool import Spool
 from .transform import Transformer, run_transform
 
 logger = logging.getLogger(__name__)
@@ -38,17 +51,27 @@ Source = Callable[[trio.MemorySendChannel[SourceEvent]], Awaitable[None]]
 
 @attrs.frozen
 class RunResult:
-    """How a run ended; ``ok`` means every produced message was acknowledged."""
+    """How a run ended; ``ok`` means every message was acknowledged by Kafka."""
 
     produced: int
     delivered: int
     failed: int
     unflushed: int
     interrupted: bool
+    #: Messages left in the spool directory (live mode), never handed to Kafka.
+    backlog: int = 0
+    #: Where the undelivered messages (failed and unflushed) are, if any.
+    failed_path: str = ""
+    spool_dir: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.unflushed == 0 and self.delivered == self.produced
+        return (
+            self.failed == 0
+            and self.unflushed == 0
+            and self.backlog == 0
+            and self.delivered == self.produced
+        )
 
 
 async def run_pipeline(
@@ -82,6 +105,9 @@ async def run_pipeline(
         # Exact once the publisher has ended: whatever was neither delivered nor failed.
         unflushed=pub.produced - pub.delivered - pub.failed,
         interrupted=shutdown.source.cancel_called,
+        backlog=pub.backlog,
+        failed_path=pub.failed_path,
+        spool_dir=pub.spool_dir if pub.backlog else "",
     )
 
 
@@ -92,38 +118,132 @@ async def _run_stages(
     header: RecordingHeader | None,
     shutdown: _Shutdown,
 ) -> None:
-    """Reach Kafka, then run source → [recorder] → transform → publisher."""
+    """Reach Kafka, then run source → [recorder] → transform → publisher; in live mode, start at
+    once and put the spool before the publisher."""
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
     async with _kafka_endpoint(settings, metrics) as bootstrap:
         config = producer_config(settings.kafka, bootstrap)
-        await wait_for_kafka(config, settings.kafka.wait)
-        if settings.kafka.create_topics:
-            await ensure_topics(
-                config,
-                _topics(settings),
-                settings.kafka.partitions,
-                settings.kafka.replication_factor,
-            )
-        publisher = Publisher(config, metrics.publisher, settings.kafka.flush_timeout)
-        shutdown.publisher = publisher
+        failed = FailedFile(
+            settings.kafka.failed_path or settings.kafka.spool_root / f"failed-{run_id}.jsonl"
+        )
+        spool = None
+        if metrics.mode == "live":
+            spool = Spool(settings.kafka.spool_root / f"live-{run_id}", metrics.publisher)
+        else:
+            await _reach_kafka(settings, config, metrics)
         transformer = Transformer(
             settings.output, settings.subscription, metrics.transform, tickers=metrics.tickers
         )
-        async with trio.open_nursery() as nursery:
-            events_send, events = trio.open_memory_channel[SourceEvent](SOURCE_BUFFER)
-            outgoing_send, outgoing = trio.open_memory_channel[Outgoing](OUTGOING_BUFFER)
-            metrics.channels.watch("source", events_send)
-            metrics.channels.watch("outgoing", outgoing_send)
-            if settings.record is not None:
-                assert header is not None, "recording needs a header"
-                recorded_send, recorded = trio.open_memory_channel[SourceEvent](SOURCE_BUFFER)
-                metrics.channels.watch("recorded", recorded_send)
-                recorder = Recorder(settings.record, header, secrets=_secrets(settings))
-                await nursery.start(recorder.run, events, recorded_send)
-                events = recorded
-            nursery.start_soon(publisher.run, outgoing)
-            nursery.start_soon(run_transform, events, outgoing_send, transformer)
-            nursery.start_soon(_run_source, source, events_send, shutdown.source)
-            shutdown.stages_running = True
+        kafka = _KafkaSide(settings, config, metrics, failed, spool, shutdown)
+        try:
+            async with trio.open_nursery() as nursery:
+                events_send, events = trio.open_memory_channel[SourceEvent](SOURCE_BUFFER)
+                outgoing_send, outgoing = trio.open_memory_channel[Outgoing](OUTGOING_BUFFER)
+                metrics.channels.watch("source", events_send)
+                metrics.channels.watch("outgoing", outgoing_send)
+                if settings.record is not None:
+                    assert header is not None, "recording needs a header"
+                    recorded_send, recorded = trio.open_memory_channel[SourceEvent](SOURCE_BUFFER)
+                    metrics.channels.watch("recorded", recorded_send)
+                    recorder = Recorder(settings.record, header, secrets=_secrets(settings))
+                    await nursery.start(recorder.run, events, recorded_send)
+                    events = recorded
+                if spool is not None:
+                    spooled_send, spooled = trio.open_memory_channel[Outgoing](OUTGOING_BUFFER)
+                    metrics.channels.watch("spooled", spooled_send)
+                    nursery.start_soon(spool.run, outgoing, spooled_send)
+                    outgoing = spooled
+                nursery.start_soon(kafka.publish, outgoing)
+                nursery.start_soon(run_transform, events, outgoing_send, transformer)
+                source_stopped = trio.Event()
+                nursery.start_soon(
+                    _run_source, source, events_send, shutdown.source, source_stopped
+                )
+                nursery.start_soon(kafka.watch_deadline, source_stopped)
+                shutdown.stages_running = True
+        finally:
+            metrics.publisher.failed_path = str(failed.path) if failed.written else ""
+        if kafka.failure is not None:
+            raise kafka.failure
+
+
+async def _reach_kafka(settings: Settings, config: Config, metrics: Metrics) -> None:
+    """Wait until the cluster answers (up to ``--kafka-wait``), then create missing topics."""
+    await wait_for_kafka(config, settings.kafka.wait, metrics.publisher)
+    if settings.kafka.create_topics:
+        await ensure_topics(
+            config, _topics(settings), settings.kafka.partitions, settings.kafka.replication_factor
+        )
+
+
+class _KafkaSide:
+    """The publisher's task (reaching Kafka first in live mode) and the flush deadline."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: Config,
+        metrics: Metrics,
+        failed: FailedFile,
+        spool: Spool | None,
+        shutdown: _Shutdown,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.metrics = metrics
+        self.failed = failed
+        self.publisher: Publisher | None = None
+        self.spool = spool
+        self.shutdown = shutdown
+        #: Kafka could not be reached (live mode): the run ends with this error.
+        self.failure: KafkaError | None = None
+        self._deadline = trio.CancelScope()
+        self._waiting = trio.CancelScope()
+
+    async def publish(self, receive: trio.MemoryReceiveChannel[Outgoing]) -> None:
+        """Publish what ``receive`` yields. In live mode, reach Kafka first while the source
+        already runs (the spool holds its output); if Kafka cannot be reached, stop the source
+        and let what it sent drain into the spool, whose directory keeps it."""
+        try:
+            if self.spool is not None:
+                with self._waiting:
+                    try:
+                        await _reach_kafka(self.settings, self.config, self.metrics)
+                    except KafkaError as exc:
+                        self.failure = exc
+                        self.shutdown.source.cancel()
+                        self.spool.give_up()
+                        return
+                if self._waiting.cancelled_caught:
+                    return
+                self.spool.open()
+            kafka = self.settings.kafka
+            self.publisher = Publisher(
+                self.config, self.metrics.publisher, kafka.flush_timeout, self.failed
+            )
+            self.shutdown.publisher = self.publisher
+            await self.publisher.run(receive)
+        finally:
+            self._deadline.cancel()  # nothing left to give up on
+
+    async def watch_deadline(self, source_stopped: trio.Event) -> None:
+        """``--flush-timeout`` seconds after the source stopped, stop waiting for Kafka: the
+        spool keeps its backlog on disk, the publisher purges its queue into the failed-messages
+        file (see :meth:`Publisher.abandon_flush`)."""
+        timeout = self.settings.kafka.flush_timeout
+        with self._deadline:
+            await source_stopped.wait()
+            await trio.sleep(timeout)
+            logger.warning(
+                "Kafka has not taken everything %g s after the source stopped: giving up on "
+                "the rest",
+                timeout,
+            )
+            self._waiting.cancel()
+            if self.spool is not None:
+                self.spool.give_up()
+            if self.publisher is not None:
+                self.publisher.abandon_flush()
 
 
 class _Shutdown:
@@ -145,7 +265,10 @@ class _Shutdown:
                     )
                     self.source.cancel()
                 else:
-                    logger.error("%s again: exiting without flushing", name)
+                    if self.stages_running:
+                        logger.error("%s again: exiting without flushing", name)
+                    else:  # e.g. while waiting for Kafka at start
+                        logger.warning("%s: stopping; nothing was published yet", name)
                     if self.publisher is not None:
                         self.publisher.abandon_flush()
                     self.everything.cancel()
@@ -173,13 +296,19 @@ async def _kafka_endpoint(settings: Settings, metrics: Metrics) -> AsyncIterator
 
 
 async def _run_source(
-    source: Source, send: trio.MemorySendChannel[SourceEvent], scope: trio.CancelScope
+    source: Source,
+    send: trio.MemorySendChannel[SourceEvent],
+    scope: trio.CancelScope,
+    stopped: trio.Event,
 ) -> None:
     # Closing here as well as in the source guarantees the downstream cascade even when the
     # source is cancelled before it ever entered its own ``async with send``.
-    async with send:
-        with scope:
-            await source(send)
+    try:
+        async with send:
+            with scope:
+                await source(send)
+    finally:
+        stopped.set()
 
 
 def _topics(settings: Settings) -> list[str]:

@@ -33,6 +33,13 @@ _ALREADY = re.compile(r"already\s+subscribed", re.IGNORECASE)
 _TICKER_WORD = re.compile(r"\btickers?\b\W*([A-Za-z0-9][\w.:/^=-]*)", re.IGNORECASE)
 _TOKEN = re.compile(r"[\w.:/^=-]+")
 _ERROR_STATUSES = frozenset({"error", "failed", "fail", "failure"})
+#: An error naming a subscription parameter and refusing it ("Dataset xyz is not supported").
+_SUBSCRIPTION_FIELD = re.compile(r"\b(?:dataset|channel|frequency|aggregation)\b", re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"not\s+supported|unsupported|unknown|invalid|not\s+available|not\s+allowed|not\s+found"
+    r"|does\s+not\s+exist",
+    re.IGNORECASE,
+)
 
 
 @attrs.frozen(slots=True)
@@ -59,6 +66,14 @@ class AuthFailure:
 
 
 @attrs.frozen(slots=True)
+class SubscriptionRefused:
+    """The server refused the subscription itself (dataset, channel, frequency or
+    aggregation), for every ticker: final."""
+
+    message: str
+
+
+@attrs.frozen(slots=True)
 class ServerError:
     """An error that names no ticker and no key problem."""
 
@@ -77,7 +92,9 @@ class Notice:
     message: str
 
 
-ServerMessage: TypeAlias = Ack | TickerError | AuthFailure | ServerError | HeartbeatReply | Notice
+ServerMessage: TypeAlias = (
+    Ack | TickerError | AuthFailure | SubscriptionRefused | ServerError | HeartbeatReply | Notice
+)
 
 
 def is_auth_failure(text: str) -> bool:
@@ -124,6 +141,8 @@ def _classify_error(obj: dict[str, Any], code: str, tickers: Collection[str]) ->
     if ours is None:
         match = _TICKER_WORD.search(message)
         ours = str(match[1]) if match else None
+    if ours is None and _SUBSCRIPTION_FIELD.search(message) and _REFUSAL.search(message):
+        return SubscriptionRefused(message)
     return ServerError(message) if ours is None else TickerError(ours, message)
 
 

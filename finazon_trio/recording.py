@@ -53,6 +53,8 @@ READ_CHUNK = 1 << 20
 MAX_LINE_BYTES = 16 << 20
 
 REDACTED = "***"
+#: What to do when the recording cannot be created.
+CREATE_HINT = "; choose a path (--record) in a directory that exists and can be written"
 _T = TypeVar("_T")
 _APIKEY = re.compile(r"(apikey=)[^&\s\"']*", re.IGNORECASE)
 _LIFECYCLE_EVENTS: dict[object, Literal["connected", "disconnected"]] = {
@@ -216,7 +218,7 @@ class Recorder:
         try:
             file = open(self.path, "wb")  # noqa: SIM115 (closed by run's final flush)
         except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+            raise _write_error(self.path, exc, CREATE_HINT) from exc
         try:
             file.write(encode_header(self.header, self._secrets))
             file.flush()
@@ -257,8 +259,8 @@ def _write(file: BinaryIO, data: bytes, path: Path, close: bool) -> None:
             file.close()
 
 
-def _write_error(path: Path, exc: OSError) -> RecordingError:
-    return RecordingError(f"cannot write the recording {path}: {exc.strerror or exc}")
+def _write_error(path: Path, exc: OSError, hint: str = "") -> RecordingError:
+    return RecordingError(f"cannot write the recording {path}: {exc.strerror or exc}{hint}")
 
 
 @attrs.frozen

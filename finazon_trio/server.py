@@ -10,6 +10,8 @@ are enforced: an event over 100 KB or past 100 a minute gets an error and is ign
 Known tickers: with a recording, the tickers that appear in its bar frames; without one, any
 well-formed symbol (1-12 upper-case letters or digits, optionally followed by ``.``, ``/``, ``:``
 or ``-`` and 1-12 more: ``AAPL``, ``BRK.B``, ``BTC/USDT``). ``unknown_tickers`` refuses more.
+Known datasets: :data:`DATASETS` (Finazon's documented ones); a subscription to any other gets
+``{"status": "error", "message": "Dataset xyz is not supported"}`` and subscribes nothing.
 
 Bars come from :mod:`.server_feeds`: the recording's frames on one timeline shared by all clients
 (scaled by ``speed``, optionally looped), or the seeded synthetic market (one update per
@@ -69,6 +71,8 @@ EVENTS_PER_MINUTE = 100
 #: Client messages trio-websocket buffers per connection.
 MESSAGE_QUEUE = 16
 UNAUTHORIZED_BODY = b'{"status":"error","message":"Unauthorized: invalid API key"}'
+#: The datasets a subscription may name: Finazon's stock and crypto datasets.
+DATASETS = ("us_stocks_essential", "sip_non_pro", "sip_pro", "binance", "coinbase")
 
 FrameStyle = Literal["flat", "wrapped", "legacy"]
 AuthStyle = Literal["reject", "message", "close"]
@@ -116,6 +120,8 @@ class ServerConfig:
     auth_failure: AuthStyle = "reject"
     #: Unix second the synthetic clock shows at start; None: now.
     start_time: float | None = None
+    #: Datasets a subscription may name; any other is refused.
+    datasets: tuple[str, ...] = DATASETS
 
 
 @attrs.define
@@ -412,6 +418,8 @@ class _Session:
             "aggregation": str(event.get("aggregation", self.aggregation)),
         }
         problem = self.server.feed.check(params)
+        if params["dataset"] not in self.server.config.datasets:
+            problem = f"Dataset {params['dataset'][:50]} is not supported"
         if problem:
             return [error_message(problem, request_id)], None
         replies, accepted = [], []

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -41,6 +42,37 @@ def _check_interval(_inst: object, attribute: attrs.Attribute[str], value: str) 
         raise ValueError(f"{attribute.name} {value!r} is not an interval such as 1s, 10s or 1m")
 
 
+def _name(attribute: attrs.Attribute[Any]) -> str:
+    return attribute.name.replace("_", " ")
+
+
+def _at_least_one(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{_name(attribute)} must be at least 1, not {value}")
+
+
+def _seconds(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{_name(attribute)} must be a number of seconds, 0 or more, not {value}")
+
+
+def _positive_seconds(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{_name(attribute)} must be a positive number of seconds, not {value}")
+
+
+def _retries(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{_name(attribute)} must be 0 or more, not {value}")
+
+
+def _websocket_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value.lower().startswith(("ws://", "wss://")):
+        raise ValueError(
+            f"{_name(attribute)} {value!r} is not a WebSocket URL (ws://... or wss://...)"
+        )
+
+
 @attrs.frozen
 class Subscription:
     """What the client subscribes to; frames that omit a field fall back to these values."""
@@ -67,7 +99,7 @@ class Output:
     price_ticks_topic: str = DEFAULT_PRICE_TICKS_TOPIC
     volume_stream_topic: str = DEFAULT_VOLUME_STREAM_TOPIC
     dead_letter_topic: str | None = None
-    points: int = attrs.field(default=DEFAULT_POINTS, validator=attrs.validators.ge(1))
+    points: int = attrs.field(default=DEFAULT_POINTS, validator=_at_least_one)
     path: PathMode = "linear"
     volume_format: VolumeFormat = "descriptive"
 
@@ -80,11 +112,30 @@ class KafkaSettings:
     #: librdkafka settings passed through verbatim (``--kafka-config KEY=VALUE``).
     config: tuple[tuple[str, str], ...] = ()
     create_topics: bool = True
-    partitions: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    replication_factor: int = attrs.field(default=1, validator=attrs.validators.ge(1))
-    flush_timeout: float = DEFAULT_FLUSH_TIMEOUT
+    partitions: int = attrs.field(default=1, validator=_at_least_one)
+    replication_factor: int = attrs.field(default=1, validator=_at_least_one)
+    flush_timeout: float = attrs.field(default=DEFAULT_FLUSH_TIMEOUT, validator=_seconds)
     #: How long to wait at start for a broker that does not answer yet.
-    wait: float = 60.0
+    wait: float = attrs.field(default=60.0, validator=_seconds)
+    #: Where live mode spools what Kafka cannot take yet (a directory per run inside), and
+    #: where the failed-messages file goes by default. None: :func:`default_spool_dir`.
+    spool_dir: Path | None = None
+    #: Messages that finally fail delivery are appended here; None: ``failed-<run>.jsonl`` in
+    #: the spool directory.
+    failed_path: Path | None = None
+
+    @property
+    def spool_root(self) -> Path:
+        """``spool_dir``, or the default."""
+        return self.spool_dir or default_spool_dir()
+
+
+def default_spool_dir() -> Path:
+    """``$XDG_STATE_HOME/finazon-trio`` (``~/.local/state/finazon-trio``): on disk (not a
+    tmpfs, unlike many temporary directories), kept across reboots, the same wherever the tool
+    is started from."""
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "finazon-trio"
 
 
 def _check_speed(_inst: object, _attribute: object, value: float | None) -> None:
@@ -96,21 +147,21 @@ def _check_speed(_inst: object, _attribute: object, value: float | None) -> None
 class LiveSettings:
     """How the live reader connects to Finazon. The key never appears in a repr or a log."""
 
-    url: str = DEFAULT_URL
+    url: str = attrs.field(default=DEFAULT_URL, validator=_websocket_url)
     api_key: str = attrs.field(default="", repr=False)
     #: Seconds between application heartbeats (``{"event": "heartbeat"}``).
-    heartbeat_interval: float = 30.0
+    heartbeat_interval: float = attrs.field(default=30.0, validator=_positive_seconds)
     #: Seconds between WebSocket pings, and how long a pong may take.
-    ping_interval: float = 30.0
-    ping_timeout: float = 10.0
+    ping_interval: float = attrs.field(default=30.0, validator=_positive_seconds)
+    ping_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
     #: No message of any kind for this long means the connection is dead.
-    stale_timeout: float = 60.0
+    stale_timeout: float = attrs.field(default=60.0, validator=_positive_seconds)
     #: Seconds the WebSocket handshake may take before the attempt counts as failed.
-    connect_timeout: float = 10.0
-    max_backoff: float = 30.0
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive_seconds)
+    max_backoff: float = attrs.field(default=30.0, validator=_positive_seconds)
     #: None retries forever.
-    max_retries: int | None = None
-    connections: int = attrs.field(default=1, validator=attrs.validators.ge(1))
+    max_retries: int | None = attrs.field(default=None, validator=_retries)
+    connections: int = attrs.field(default=1, validator=_at_least_one)
 
 
 @attrs.frozen

@@ -62,6 +62,8 @@ transaction.state.log.num.partitions=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Tests publish records with event times years in the past (recordings): keep them all.
+log.retention.ms=-1
 # After a SIGKILL the restarted broker must wait for its old session to expire (default 9 s).
 broker.session.timeout.ms=6000
 broker.heartbeat.interval.ms=1000

@@ -12,7 +12,8 @@ import trio
 
 from finazon_trio.broker import EmbeddedBroker, run_embedded_broker
 from finazon_trio.errors import KafkaError
-from finazon_trio.publisher import producer_config, wait_for_kafka
+from finazon_trio.kafka_admin import wait_for_kafka
+from finazon_trio.publisher import producer_config
 from finazon_trio.settings import KafkaSettings
 
 from .kafka_helpers import (

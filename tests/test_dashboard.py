@@ -197,6 +197,17 @@ def test_failing_deliveries_turn_the_kafka_panel_red() -> None:
     assert re.search(r"queued +79 ", text)
 
 
+def test_waiting_for_kafka_and_a_spooled_backlog_are_yellow() -> None:
+    metrics = live_metrics()
+    metrics.publisher.kafka_state = "waiting"
+    metrics.publisher.queued, metrics.publisher.backlog = 79, 60_000
+    snapshot = snap(metrics)
+    text = screen(snapshot)
+    assert "waiting · " in text
+    assert re.search(r"queued +79 \+ 60,000 on disk", text)
+    assert colour(style_of(render(snapshot, NOW), "79 + 60,000 on disk")) == "yellow"
+
+
 def test_a_full_channel_shows_where_backpressure_sits() -> None:
     metrics = live_metrics()
     send, _receive = trio.open_memory_channel[int](4)

@@ -1,0 +1,1 @@
+"""The performance benchmark (``python -m benchmarks.bench``, ``nox -s bench``)."""

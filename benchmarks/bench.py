@@ -1,0 +1,310 @@
+"""The performance benchmark: figures as ratios to what the Kafka client itself can do.
+
+    python -m benchmarks.bench [--broker apache|embedded] [--repeat 3] [--frames N] [--json PATH]
+
+One machine, one real broker started for the run (Apache Kafka 4 from ``scripts/apache_kafka.py``
+by default, or the embedded Tansu broker). Each measurement runs in a fresh process
+(:mod:`benchmarks.measure`), ``--repeat`` times, and the medians are reported:
+
+1. transform: parse, validate, interpolate and encode a generated recording; no Kafka.
+2. limit: the same messages, encoded beforehand, produced flat out by a bare producer with the
+   project's producer settings, flush included.
+3. replay: the pipeline (``run_pipeline`` with the replay source, in-process, as ``finazon-trio
+   replay --speed max`` runs it) over the same recording, until every message is acknowledged;
+   limit and replay alternate, so that each ratio compares runs made under the same load.
+4. live: the live pipeline against ``finazon-trio serve`` (a separate process) offering
+   tickers x speed frames per second, at each ``--live-rates`` rate for ``--live-seconds``.
+
+A table goes to stdout and everything to a JSON file. Targets are printed as PASS/MISS lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+import orjson
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from finazon_trio.broker import EmbeddedBroker, broker_binary
+from finazon_trio.synthetic import generate_recording
+
+from .report import print_report, sustained, targets
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
+#: Tickers of the generated recording (1 s updates of 1 m bars); ``--frames`` sets the length.
+RECORDING_TICKERS = 200
+#: A fixed start, so that every run replays the same bytes.
+RECORDING_START_S = 1_731_080_000
+DEFAULT_FRAMES = 36_000
+DEFAULT_LIVE_RATES = (500, 1000, 2000, 4000)
+#: The server streams this many tickers; its speed sets the rate (each ticker updates once a
+#: simulated second, so a burst of this many frames comes every 1/speed s).
+LIVE_TICKERS = 50
+#: Seconds before the live figures start: connecting, subscribing, first bars.
+LIVE_WARMUP = 3.0
+#: Seconds a measurement process may take.
+MEASURE_TIMEOUT = 600.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    load_before = os.getloadavg()
+    started = datetime.datetime.now(datetime.UTC)
+    with tempfile.TemporaryDirectory(prefix="finazon-bench-") as tmp:
+        recording, tickers, minutes = _recording(Path(tmp), args.frames)
+        config = [list(item) for item in args.kafka_config]
+        results: dict[str, Any] = {
+            "transform": _repeat(args.repeat, lambda i: _measure("transform", recording=recording))
+        }
+        with _broker(args, Path(tmp)) as (bootstrap, broker):
+            limit_runs: list[dict[str, Any]] = []
+            replay_runs: list[dict[str, Any]] = []
+            for i in range(args.repeat):
+                for kind, runs in (("limit", limit_runs), ("replay", replay_runs)):
+                    with _topics(bootstrap, f"{kind}-{i}") as topics:
+                        runs.append(
+                            _measure(
+                                kind,
+                                recording=recording,
+                                bootstrap=bootstrap,
+                                topics=topics,
+                                config=config,
+                            )
+                        )
+            results["limit"] = _summary(limit_runs)
+            results["replay"] = _summary(replay_runs)
+            results["replay"]["pair_ratios"] = [
+                r["messages_per_s"] / lim["messages_per_s"]
+                for r, lim in zip(replay_runs, limit_runs, strict=True)
+            ]
+            results["replay"]["ratio_to_limit"] = (
+                results["replay"]["median"]["messages_per_s"]
+                / results["limit"]["median"]["messages_per_s"]
+            )
+            results["live"] = [
+                _live_rate(rate, args, bootstrap, config) for rate in args.live_rates
+            ]
+    report = {
+        "version": 1,
+        "started": started.isoformat(timespec="seconds"),
+        "machine": _machine(),
+        "broker": broker,
+        "settings": {
+            "repeat": args.repeat,
+            "frames": results["transform"]["median"]["frames"],
+            "tickers": tickers,
+            "minutes": minutes,
+            "live_rates": args.live_rates,
+            "live_tickers": args.live_tickers,
+            "live_seconds": args.live_seconds,
+            "live_warmup": args.live_warmup,
+            "kafka_config": dict(args.kafka_config),
+        },
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        **results,
+    }
+    kept = [rate["offered_per_s"] for rate in report["live"] if sustained(rate)]
+    report["live_highest_sustained"] = max(kept, default=None)
+    report["targets"] = targets(report)
+    print_report(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--broker", choices=["apache", "embedded"], default="apache")
+    where.add_argument("--bootstrap", metavar="HOST:PORT", help="use this running broker")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement")
+    parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES, help="replay length")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH")
+    parser.add_argument(
+        "--live-rates",
+        type=lambda text: [int(r) for r in text.split(",") if r],
+        default=list(DEFAULT_LIVE_RATES),
+        metavar="R1,R2,...",
+        help="offered frames per second (default: %(default)s)",
+    )
+    parser.add_argument("--live-seconds", type=float, default=12.0, help="per rate and run")
+    parser.add_argument("--live-warmup", type=float, default=LIVE_WARMUP)
+    parser.add_argument("--live-tickers", type=int, default=LIVE_TICKERS)
+    parser.add_argument(
+        "--kafka-config",
+        action="append",
+        default=[],
+        type=lambda item: tuple(item.split("=", 1)),
+        metavar="KEY=VALUE",
+        help="a librdkafka setting for the limit, the replay and live (repeatable)",
+    )
+    return parser
+
+
+def _recording(directory: Path, frames: int) -> tuple[str, int, int]:
+    """A synthetic recording of about ``frames`` frames: its path, tickers and minutes."""
+    tickers = max(1, min(RECORDING_TICKERS, frames // 60))
+    minutes = max(1, round(frames / (tickers * 60)))
+    path = directory / "bench.jsonl"
+    names = [f"T{i:04d}" for i in range(tickers)]
+    generate_recording(path, names, minutes=minutes, seed=0, start_s=RECORDING_START_S)
+    return str(path), tickers, minutes
+
+
+@contextlib.contextmanager
+def _broker(args: argparse.Namespace, directory: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A broker for the run: its bootstrap address and a description."""
+    if args.bootstrap:
+        yield args.bootstrap, {"kind": "external", "version": f"external at {args.bootstrap}"}
+    elif args.broker == "apache":
+        from .apache import ApacheKafka, kafka_version
+
+        with ApacheKafka(directory / "kafka") as kafka:
+            yield kafka.bootstrap, {"kind": "apache", "version": f"Apache Kafka {kafka_version()}"}
+    else:
+        with EmbeddedBroker() as broker:
+            binary = Path(broker_binary()).name
+            yield broker.bootstrap, {"kind": "embedded", "version": binary}
+
+
+@contextlib.contextmanager
+def _topics(bootstrap: str, name: str) -> Iterator[list[str]]:
+    """Two fresh topics (price ticks, volume stream), deleted afterwards to free the broker."""
+    topics = [f"bench-{name}-ticks-{time.time_ns()}", f"bench-{name}-volume-{time.time_ns()}"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(t, 1, 1) for t in topics]).values():
+        future.result()
+    try:
+        yield topics
+    finally:
+        for future in admin.delete_topics(topics, operation_timeout=30).values():
+            with contextlib.suppress(confluent_kafka.KafkaException):
+                future.result()
+
+
+def _measure(kind: str, **arguments: Any) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; its result."""
+    command = [sys.executable, "-m", "benchmarks.measure", kind, orjson.dumps(arguments).decode()]
+    done = subprocess.run(
+        command, cwd=ROOT, stdout=subprocess.PIPE, check=True, timeout=MEASURE_TIMEOUT
+    )
+    result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
+    print(f"  {kind}: {_brief(result)}", file=sys.stderr, flush=True)
+    return result
+
+
+def _brief(result: dict[str, Any]) -> str:
+    if "offered_per_s" in result:
+        return (
+            f"{result['received_per_s']:.0f}/{result['offered_per_s']:.0f} frames/s, "
+            f"p99 {result['latency_p99_ms'] or 0:.0f} ms"
+        )
+    return f"{result['frames_per_s']:.0f} frames/s, {result['messages_per_s']:.0f} messages/s"
+
+
+def _repeat(n: int, run: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+    return _summary([run(i) for i in range(n)])
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs, and the median of each numeric figure."""
+    median: dict[str, float | None] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if type(r[key]) in (int, float)]  # not bool, not None
+        if values or runs[0][key] is None:
+            median[key] = statistics.median(values) if values else None
+    return {"runs": runs, "median": median}
+
+
+def _live_rate(
+    rate: int, args: argparse.Namespace, bootstrap: str, config: list[list[str]]
+) -> dict[str, Any]:
+    """One offered rate, ``--repeat`` times, each against a fresh server."""
+    runs = []
+    speed = rate / args.live_tickers
+    for i in range(args.repeat):
+        with _server(speed) as (port, pid), _topics(bootstrap, f"live{rate}-{i}") as topics:
+            runs.append(
+                _measure(
+                    "live",
+                    port=port,
+                    server_pid=pid,
+                    bootstrap=bootstrap,
+                    topics=topics,
+                    config=config,
+                    tickers=args.live_tickers,
+                    rate=rate,
+                    seconds=args.live_seconds,
+                    warmup=args.live_warmup,
+                )
+            )
+    summary = _summary(runs)
+    summary["offered_per_s"] = rate
+    summary["speed"] = speed
+    return summary
+
+
+@contextlib.contextmanager
+def _server(speed: float) -> Iterator[tuple[int, int]]:
+    """``finazon-trio serve`` (synthetic market) in its own process: its port and pid."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "finazon_trio", "--log-level", "warning", "serve"]
+    command += ["--port", str(port), "--speed", f"{speed:g}"]
+    with subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL) as process:
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("finazon-trio serve did not start") from None
+                    time.sleep(0.05)
+            yield port, process.pid
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def _machine() -> dict[str, Any]:
+    cpu = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "confluent_kafka": confluent_kafka.__version__,
+        "librdkafka": confluent_kafka.libversion()[0],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

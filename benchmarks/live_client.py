@@ -1,0 +1,143 @@
+"""The live measurement's client: ``finazon-trio live`` (in this process, alone in it) against a
+``finazon-trio serve`` running in another process at a fixed offered rate.
+
+After ``warmup`` seconds (connect, subscribe, first bars) it watches the pipeline for
+``seconds``: frames received and processed, the backlog in the channels and the producer's
+queue, CPU time and memory. Then the source stops, the rest drains, and the latency histograms
+(receipt to Kafka acknowledgement) are read for everything received after the warm-up.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from finazon_trio.live import live_source
+from finazon_trio.metrics import Metrics
+from finazon_trio.pipeline import run_pipeline
+from finazon_trio.publisher import LATENCY_BUCKETS_MS
+from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
+from finazon_trio.stats import latency_quantiles
+
+#: Seconds between samples of the backlog and memory.
+SAMPLE_INTERVAL = 0.5
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def live(
+    *,
+    port: int,
+    server_pid: int,
+    bootstrap: str,
+    topics: list[str],
+    config: list[list[str]],
+    tickers: int,
+    rate: float,
+    seconds: float,
+    warmup: float,
+) -> dict[str, Any]:
+    """Measure one offered rate; see the module docstring."""
+    settings = Settings(
+        subscription=Subscription(tickers=tuple(f"T{i:04d}" for i in range(tickers))),
+        output=Output(price_ticks_topic=topics[0], volume_stream_topic=topics[1]),
+        kafka=KafkaSettings(endpoint=bootstrap, config=tuple((k, v) for k, v in config)),
+        live=LiveSettings(url=f"ws://127.0.0.1:{port}/v1", api_key="bench"),
+        dashboard=False,
+    )
+    metrics = Metrics(mode="live")
+    watch = _Watch(metrics, server_pid, warmup, seconds)
+
+    async def source(send: trio.MemorySendChannel[Any]) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(functools.partial(live_source, settings, send, metrics.source))
+            await watch.run()
+            nursery.cancel_scope.cancel()
+
+    trio.run(functools.partial(run_pipeline, settings, source, metrics, handle_signals=False))
+    return watch.result(rate)
+
+
+class _Watch:
+    """Samples the running pipeline from the trio thread."""
+
+    def __init__(self, metrics: Metrics, server_pid: int, warmup: float, seconds: float) -> None:
+        self.metrics = metrics
+        self.server_pid = server_pid
+        self.warmup = warmup
+        self.seconds = seconds
+        self.start: dict[str, Any] = {}
+        self.end: dict[str, Any] = {}
+        self.samples: list[dict[str, Any]] = []
+
+    async def run(self) -> None:
+        origin = trio.current_time()
+        await trio.sleep_until(origin + self.warmup)
+        self.start = self._sample()
+        ticks = int(self.seconds / SAMPLE_INTERVAL)
+        for i in range(1, ticks + 1):
+            await trio.sleep_until(origin + self.warmup + i * SAMPLE_INTERVAL)
+            self.samples.append(self._sample())
+        self.end = self.samples[-1]
+
+    def _sample(self) -> dict[str, Any]:
+        m = self.metrics
+        m.channels.sample()
+        channel_frames = sum(used for name, (used, _) in m.channels.fill.items())
+        return {
+            "t": time.perf_counter(),
+            "cpu": time.process_time(),
+            "server_cpu": _cpu_seconds(self.server_pid),
+            "received": m.source.frames,
+            "bars": m.transform.bars,
+            "backlog_frames": channel_frames + m.publisher.queued / 91,
+            "rss_mb": _status_mb("VmRSS"),
+            "receipt_latency": list(m.publisher.receipt_latency),
+        }
+
+    def result(self, rate: float) -> dict[str, Any]:
+        start, end = self.start, self.end
+        wall = end["t"] - start["t"]
+        received = (end["received"] - start["received"]) / wall
+        final = self.metrics.publisher.receipt_latency
+        counts = [b - a for a, b in zip(start["receipt_latency"], final, strict=True)]
+        p50, p99 = latency_quantiles(counts, LATENCY_BUCKETS_MS)
+        backlog = [s["backlog_frames"] for s in self.samples]
+        return {
+            "offered_per_s": rate,
+            "received_per_s": received,
+            "processed_per_s": (end["bars"] - start["bars"]) / wall,
+            "received_ratio": received / rate,
+            "backlog_mid_frames": backlog[len(backlog) // 2],
+            "backlog_end_frames": backlog[-1],
+            "latency_p50_ms": None if p50 is None else p50 * 1000,
+            "latency_p99_ms": None if p99 is None else p99 * 1000,
+            "latency_samples": sum(counts),
+            "client_cpu": (end["cpu"] - start["cpu"]) / wall,
+            "server_cpu": (end["server_cpu"] - start["server_cpu"]) / wall,
+            "rss_start_mb": start["rss_mb"],
+            "rss_mid_mb": self.samples[len(self.samples) // 2]["rss_mb"],
+            "rss_end_mb": end["rss_mb"],
+            "peak_rss_mb": _status_mb("VmHWM"),
+        }
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from ``/proc/self/status``, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, in seconds (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS

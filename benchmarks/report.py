@@ -1,0 +1,131 @@
+"""The benchmark's verdicts and its table: pure functions of the JSON report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Replay's target, as a fraction of the limit's messages per second.
+REPLAY_TARGET = 0.6
+#: Live's target: this many frames per second sustained, with this 99th percentile latency.
+LIVE_TARGET_RATE = 2000
+LIVE_TARGET_P99_MS = 250.0
+#: A rate is sustained when this fraction of the offered frames arrives...
+SUSTAINED_RATIO = 0.95
+#: ...and the backlog (channels and producer queue) at the end is under this many seconds of it.
+SUSTAINED_BACKLOG_S = 0.5
+#: Memory is flat when RSS grows by less than this over the second half of a live run.
+FLAT_RSS_MB = 8.0
+
+
+def sustained(rate: dict[str, Any]) -> bool:
+    """Whether the live client kept up with this offered rate (medians of its runs)."""
+    m = rate["median"]
+    return bool(
+        m["received_ratio"] >= SUSTAINED_RATIO
+        and m["backlog_end_frames"] <= SUSTAINED_BACKLOG_S * rate["offered_per_s"]
+    )
+
+
+def rss_growth(rate: dict[str, Any]) -> float:
+    """The largest RSS growth (MiB) over the second half of a run at this rate."""
+    return float(max(r["rss_end_mb"] - r["rss_mid_mb"] for r in rate["runs"]))
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with ``ok`` and the figures behind it."""
+    replay, limit = report["replay"]["median"], report["limit"]["median"]
+    ratio = report["replay"]["ratio_to_limit"]
+    out = [
+        {
+            "name": f"replay >= {REPLAY_TARGET} x limit",
+            "ok": ratio >= REPLAY_TARGET,
+            "detail": f"{ratio:.2f} ({replay['messages_per_s']:,.0f} / "
+            f"{limit['messages_per_s']:,.0f} messages/s)",
+        }
+    ]
+    rates = [r for r in report["live"] if r["offered_per_s"] >= LIVE_TARGET_RATE]
+    if rates:
+        rate = min(rates, key=lambda r: r["offered_per_s"])
+        p99 = rate["median"]["latency_p99_ms"]
+        flat = rss_growth(rate) < FLAT_RSS_MB
+        out.append(
+            {
+                "name": f"live sustains {LIVE_TARGET_RATE} frames/s, p99 < "
+                f"{LIVE_TARGET_P99_MS:.0f} ms, flat memory",
+                "ok": sustained(rate) and p99 is not None and p99 < LIVE_TARGET_P99_MS and flat,
+                "detail": f"at {rate['offered_per_s']}/s: received "
+                f"{rate['median']['received_ratio']:.0%}, p99 {_ms(p99)} ms, RSS "
+                f"{rss_growth(rate):+.1f} MiB over the second half",
+            }
+        )
+    return out
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The table on stdout."""
+    m, s = report["machine"], report["settings"]
+    load = report["load_average"]
+    print(f"\nfinazon-trio benchmark, {report['started']}, broker: {report['broker']['version']}")
+    print(
+        f"machine: {m['cpu']} x {m['cpus']}, Python {m['python']}, confluent-kafka "
+        f"{m['confluent_kafka']} (librdkafka {m['librdkafka']})"
+    )
+    print(
+        f"load average (1 min) before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f}"
+        "  (anything above 0 is other work sharing the CPUs)"
+    )
+    print(
+        f"recording: {s['frames']:,} frames ({s['tickers']} tickers x {s['minutes']} min of 1 s "
+        f"updates); medians of {s['repeat']} runs"
+    )
+    if s["kafka_config"]:
+        print(f"Kafka settings overridden: {s['kafka_config']}")
+    limit = report["limit"]["median"]["messages_per_s"]
+    print(
+        f"\n{'':24}{'frames/s':>10}{'messages/s':>12}{'x limit':>9}{'CPU us/msg':>12}"
+        "  runs (messages/s)"
+    )
+    for name, key in (
+        ("transform (no Kafka)", "transform"),
+        ("limit (bare producer)", "limit"),
+        ("replay (pipeline)", "replay"),
+    ):
+        med = report[key]["median"]
+        frames = f"{med['frames_per_s']:,.0f}"
+        ratio = "-" if key == "transform" else f"{med['messages_per_s'] / limit:.2f}"
+        runs = ", ".join(f"{r['messages_per_s']:,.0f}" for r in report[key]["runs"])
+        cpu = f"{med['cpu_us_per_message']:.2f}"
+        print(f"{name:24}{frames:>10}{med['messages_per_s']:>12,.0f}{ratio:>9}{cpu:>12}  {runs}")
+
+    print(
+        f"\nlive: {s['live_tickers']} tickers, {s['live_seconds']:g} s per run after "
+        f"{s['live_warmup']:g} s warm-up; latency = frame receipt to Kafka acknowledgement"
+    )
+    header = "offered/s received/s backlog p50_ms p99_ms client_CPU server_CPU RSS_MiB 2nd_half"
+    header += " peak_MiB sustained"
+    print("".join(f"{h.replace('_', ' '):>11}" for h in header.split()))
+    for rate in report["live"]:
+        med = rate["median"]
+        cells = (
+            f"{rate['offered_per_s']:,}",
+            f"{med['received_per_s']:,.0f}",
+            f"{med['backlog_end_frames']:,.0f}",
+            _ms(med["latency_p50_ms"]),
+            _ms(med["latency_p99_ms"]),
+            f"{med['client_cpu']:.0%}",
+            f"{med['server_cpu']:.0%}",
+            f"{med['rss_end_mb']:.0f}",
+            f"{rss_growth(rate):+.1f}",
+            f"{med['peak_rss_mb']:.0f}",
+            "yes" if sustained(rate) else "no",
+        )
+        print("".join(f"{c:>11}" for c in cells))
+    best = report["live_highest_sustained"]
+    print(f"highest rate sustained: {best:,} frames/s" if best else "no rate sustained")
+    print()
+    for target in report["targets"]:
+        print(f"{'PASS' if target['ok'] else 'MISS'} {target['name']}: {target['detail']}")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"

@@ -1,0 +1,114 @@
+"""Messages Kafka did not take: kept in a JSONL file, and published again by ``republish``.
+
+The publisher appends every message that finally failed (a permanent error, or not acknowledged
+by the flush deadline) to the failed-messages file, in the format of :mod:`.message_log`, with
+the error. ``finazon-trio republish FILE...`` publishes such files, and spool directories left
+behind by a run that could not drain them, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import trio
+
+from .errors import FinazonTrioError
+from .events import Message, Outgoing
+from .message_log import MessageLogError, batches, decode, encode, iter_file
+
+logger = logging.getLogger(__name__)
+
+#: Messages per ``Outgoing`` when a file is published again.
+REPUBLISH_BATCH = 1000
+#: ``Outgoing`` batches read per worker-thread call.
+READ_BATCHES = 16
+
+
+class FailedFile:
+    """An append-only JSONL file of undelivered messages, created with the first one.
+
+    :meth:`add` only buffers (any thread, the trio thread included); :meth:`write_pending`
+    writes the buffer out (blocking: a worker thread or the publisher's poll thread).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        #: Messages written to the file so far.
+        self.written = 0
+        self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._write_lock = threading.Lock()
+
+    def add(self, message: Message, error: str) -> None:
+        line = encode(message, error=error)
+        with self._lock:
+            self._pending.append(line)
+
+    def write_pending(self) -> None:
+        """Append what :meth:`add` buffered. A write that fails is logged (with the number of
+        messages it loses) rather than raised: the publisher must go on."""
+        with self._write_lock:
+            with self._lock:
+                lines, self._pending = self._pending, []
+            if not lines:
+                return
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "ab") as file:
+                    file.write(b"".join(lines))
+            except OSError as exc:
+                logger.error(
+                    "cannot write %d undelivered messages to %s: %s", len(lines), self.path, exc
+                )
+                return
+            if not self.written:
+                logger.warning("undelivered messages go to %s", self.path)
+            self.written += len(lines)
+
+
+def message_files(paths: Sequence[Path]) -> list[Path]:
+    """The files to publish, in order: each file as given; a directory's ``*.jsonl`` files in
+    name order (a spool directory's segments). :class:`FinazonTrioError` if one is missing."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.jsonl")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FinazonTrioError(f"{path}: no such file or directory")
+    return files
+
+
+def read_messages(files: Sequence[Path], corrupt: list[str]) -> Iterator[Outgoing]:
+    """The messages of ``files`` in order, as ``Outgoing`` batches; lines that are not messages
+    are skipped and described in ``corrupt`` (``path:line: why``)."""
+
+    def entries() -> Iterator[tuple[Message, int]]:
+        for path in files:
+            for number, line in iter_file(path):
+                try:
+                    yield decode(line)
+                except MessageLogError as exc:
+                    corrupt.append(f"{path}:{number}: {exc}")
+
+    yield from batches(entries(), REPUBLISH_BATCH)
+
+
+async def feed(
+    files: Sequence[Path], send: trio.MemorySendChannel[Outgoing], corrupt: list[str]
+) -> None:
+    """Send the messages of ``files`` down ``send`` in order (read in a worker thread), then
+    close it."""
+    batches_ = read_messages(files, corrupt)
+
+    def next_batches() -> list[Outgoing]:
+        return [batch for _, batch in zip(range(READ_BATCHES), batches_, strict=False)]
+
+    async with send:
+        while chunk := await trio.to_thread.run_sync(next_batches):
+            for outgoing in chunk:
+                await send.send(outgoing)
