@@ -37,9 +37,12 @@ from typing import Any
 
 import confluent_kafka
 import orjson
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from finazon_trio.broker import EmbeddedBroker, broker_binary
+from finazon_trio.publisher import producer_config
+from finazon_trio.settings import KafkaSettings
 from finazon_trio.synthetic import generate_recording
 
 from .report import print_report, sustained, targets
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             "transform": _repeat(args.repeat, lambda i: _measure("transform", recording=recording))
         }
         with _broker(args, Path(tmp)) as (bootstrap, broker):
+            _warm_up(bootstrap)
             limit_runs: list[dict[str, Any]] = []
             replay_runs: list[dict[str, Any]] = []
             for i in range(args.repeat):
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 / results["limit"]["median"]["messages_per_s"]
             )
             results["live"] = [
-                _live_rate(rate, args, bootstrap, config) for rate in args.live_rates
+                _live_rate(rate, args, bootstrap, config, str(Path(tmp) / "spool"))
+                for rate in args.live_rates
             ]
     report = {
         "version": 1,
@@ -187,6 +192,17 @@ def _broker(args: argparse.Namespace, directory: Path) -> Iterator[tuple[str, di
             yield broker.bootstrap, {"kind": "embedded", "version": binary}
 
 
+def _warm_up(bootstrap: str) -> None:
+    """Produce a little first: a fresh broker makes the first idempotent producer wait while
+    it loads its coordinator, which would count against the first measurement."""
+    with _topics(bootstrap, "warm-up") as topics:
+        producer = Producer(producer_config(KafkaSettings(), bootstrap))
+        for i in range(1000):
+            producer.produce(topics[0], b"warm-up", str(i).encode())
+        if producer.flush(120):
+            raise RuntimeError(f"the broker at {bootstrap} does not take messages")
+
+
 @contextlib.contextmanager
 def _topics(bootstrap: str, name: str) -> Iterator[list[str]]:
     """Two fresh topics (price ticks, volume stream), deleted afterwards to free the broker."""
@@ -237,7 +253,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _live_rate(
-    rate: int, args: argparse.Namespace, bootstrap: str, config: list[list[str]]
+    rate: int, args: argparse.Namespace, bootstrap: str, config: list[list[str]], spool_dir: str
 ) -> dict[str, Any]:
     """One offered rate, ``--repeat`` times, each against a fresh server."""
     runs = []
@@ -256,6 +272,7 @@ def _live_rate(
                     rate=rate,
                     seconds=args.live_seconds,
                     warmup=args.live_warmup,
+                    spool_dir=spool_dir,
                 )
             )
     summary = _summary(runs)

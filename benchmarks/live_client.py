@@ -26,6 +26,9 @@ from finazon_trio.stats import latency_quantiles
 
 #: Seconds between samples of the backlog and memory.
 SAMPLE_INTERVAL = 0.5
+#: Seconds the pipeline may take to drain at the end; past it, a backlog is left undelivered
+#: (counted) rather than making the benchmark wait for a rate it could not keep up with.
+FLUSH_TIMEOUT = 10.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -40,12 +43,18 @@ def live(
     rate: float,
     seconds: float,
     warmup: float,
+    spool_dir: str,
 ) -> dict[str, Any]:
     """Measure one offered rate; see the module docstring."""
     settings = Settings(
         subscription=Subscription(tickers=tuple(f"T{i:04d}" for i in range(tickers))),
         output=Output(price_ticks_topic=topics[0], volume_stream_topic=topics[1]),
-        kafka=KafkaSettings(endpoint=bootstrap, config=tuple((k, v) for k, v in config)),
+        kafka=KafkaSettings(
+            endpoint=bootstrap,
+            config=tuple((k, v) for k, v in config),
+            flush_timeout=FLUSH_TIMEOUT,
+            spool_dir=Path(spool_dir),
+        ),
         live=LiveSettings(url=f"ws://127.0.0.1:{port}/v1", api_key="bench"),
         dashboard=False,
     )
@@ -58,8 +67,8 @@ def live(
             await watch.run()
             nursery.cancel_scope.cancel()
 
-    trio.run(functools.partial(run_pipeline, settings, source, metrics, handle_signals=False))
-    return watch.result(rate)
+    run = trio.run(functools.partial(run_pipeline, settings, source, metrics, handle_signals=False))
+    return {**watch.result(rate), "undelivered": run.produced - run.delivered + run.backlog}
 
 
 class _Watch:
@@ -87,16 +96,21 @@ class _Watch:
     def _sample(self) -> dict[str, Any]:
         m = self.metrics
         m.channels.sample()
-        channel_frames = sum(used for name, (used, _) in m.channels.fill.items())
+        channel_frames = sum(used for used, _ in m.channels.fill.values())
+        pub = m.publisher
         return {
             "t": time.perf_counter(),
             "cpu": time.process_time(),
             "server_cpu": _cpu_seconds(self.server_pid),
             "received": m.source.frames,
             "bars": m.transform.bars,
-            "backlog_frames": channel_frames + m.publisher.queued / 91,
+            # frames waiting in the channels, and messages (91 a frame) in the producer's
+            # queue and the spool
+            "backlog_frames": channel_frames + (pub.queued + pub.backlog) / 91,
+            "made": m.transform.ticks + m.transform.volume_messages,
+            "spooled": pub.spooled,
             "rss_mb": _status_mb("VmRSS"),
-            "receipt_latency": list(m.publisher.receipt_latency),
+            "receipt_latency": list(pub.receipt_latency),
         }
 
     def result(self, rate: float) -> dict[str, Any]:
@@ -114,6 +128,9 @@ class _Watch:
             "received_ratio": received / rate,
             "backlog_mid_frames": backlog[len(backlog) // 2],
             "backlog_end_frames": backlog[-1],
+            # share of the messages made in the window that went to the spool (disk)
+            "spooled_ratio": (end["spooled"] - start["spooled"])
+            / max(end["made"] - start["made"], 1),
             "latency_p50_ms": None if p50 is None else p50 * 1000,
             "latency_p99_ms": None if p99 is None else p99 * 1000,
             "latency_samples": sum(counts),

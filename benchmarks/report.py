@@ -99,10 +99,14 @@ def print_report(report: dict[str, Any]) -> None:
 
     print(
         f"\nlive: {s['live_tickers']} tickers, {s['live_seconds']:g} s per run after "
-        f"{s['live_warmup']:g} s warm-up; latency = frame receipt to Kafka acknowledgement"
+        f"{s['live_warmup']:g} s warm-up; latency = frame receipt to Kafka acknowledgement;"
     )
-    header = "offered/s received/s backlog p50_ms p99_ms client_CPU server_CPU RSS_MiB 2nd_half"
-    header += " peak_MiB sustained"
+    print(
+        "backlog = frames waiting at the end; spooled = messages that went through the disk "
+        "spool; RSS growth = MiB over the second half"
+    )
+    header = "offered/s received/s backlog spooled p50_ms p99_ms client_CPU server_CPU"
+    header += " peak_MiB RSS_growth sustained"
     print("".join(f"{h.replace('_', ' '):>11}" for h in header.split()))
     for rate in report["live"]:
         med = rate["median"]
@@ -110,13 +114,13 @@ def print_report(report: dict[str, Any]) -> None:
             f"{rate['offered_per_s']:,}",
             f"{med['received_per_s']:,.0f}",
             f"{med['backlog_end_frames']:,.0f}",
+            f"{med['spooled_ratio']:.0%}",
             _ms(med["latency_p50_ms"]),
             _ms(med["latency_p99_ms"]),
             f"{med['client_cpu']:.0%}",
             f"{med['server_cpu']:.0%}",
-            f"{med['rss_end_mb']:.0f}",
-            f"{rss_growth(rate):+.1f}",
             f"{med['peak_rss_mb']:.0f}",
+            f"{rss_growth(rate):+.1f}",
             "yes" if sustained(rate) else "no",
         )
         print("".join(f"{c:>11}" for c in cells))

@@ -123,7 +123,7 @@ def parse_bar(obj: dict[str, Any], raw: bytes) -> Bar | Reject:
     # float ``t``) gets the step-by-step checks of _check_bar, which name the reason. The test
     # accepts nothing those checks would reject: exact comparisons of the numbers, as given,
     # imply the same order after conversion to float, and NaN fails every comparison.
-    # (9.7 -> 3.5 us per frame, a twentieth of the transform's time.)
+    # (9.7 -> 4.6 us per frame: 5% of the whole transform.)
     try:
         s, t, o, h, low, c, v = obj["s"], obj["t"], obj["o"], obj["h"], obj["l"], obj["c"], obj["v"]
     except KeyError:

@@ -1,14 +1,19 @@
-"""``round_prices`` is a faster ``round(x, 8)``: it must give the very same floats, bit for bit."""
+"""The hot path's shortcuts give exactly what the plain code gives: ``round_prices`` is
+``round(x, 8)`` bit for bit, and ``parse_bar``'s quick test agrees with the full checks."""
 
 from __future__ import annotations
 
 import math
 import random
 import struct
+from typing import Any
 
-from hypothesis import given
+import orjson
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from finazon_trio.frames import _check_bar, parse_bar
 from finazon_trio.interpolation import DECIMALS, round_prices
 
 FAST_LIMIT = 2.0**51 / 10**DECIMALS  # where the fast path ends (about 22 million)
@@ -68,3 +73,42 @@ def test_the_edges_of_the_fast_path() -> None:
     check(around(FAST_LIMIT, 50))
     check(around(0.0, 50) + around(5e-9, 20) + around(1e-8, 20) + around(0.5e-8, 20))
     check([-1e-9, -0.0, -1.5, -1234.56789012345, math.inf, -math.inf, math.nan, 1e300, 5e-324])
+
+
+ODD = [-1, -0.5, -0.0, 0, 0.0, 0.5, 2**63 - 1, 2**63, 2**64 - 1, 1e308, math.nan, math.inf]
+ODD += [-math.inf, True, False, None, "", "1s", " 1m ", "2x", [], {}]
+BAR: dict[str, Any] = {"s": "AAPL", "t": 1699540020, "o": 2.5, "h": 3, "l": 2.0, "c": 2.75}
+BAR |= {"v": 4572, "d": "us_stocks_essential", "p": "finazon", "ch": "bars", "f": "1s"}
+BAR |= {"aggr": "1m"}
+DROP = object()
+
+
+def check_bar(obj: dict[str, Any]) -> None:
+    raw = orjson.dumps(obj)
+    assert parse_bar(obj, raw) == _check_bar(obj, raw)
+
+
+@pytest.mark.parametrize("value", [*ODD, DROP], ids=repr)
+@pytest.mark.parametrize("key", sorted(BAR))
+def test_the_quick_test_of_a_bar_agrees_with_the_full_checks(key: str, value: object) -> None:
+    obj = {k: v for k, v in {**BAR, key: value}.items() if v is not DROP}
+    check_bar(obj)
+
+
+@st.composite
+def bar_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """Bar-like objects: valid ones, with a few fields changed to something odd, or dropped."""
+    low, o, c, high = sorted(
+        draw(st.lists(st.floats(0, 1e6) | st.integers(0, 10**6), min_size=4, max_size=4))
+    )
+    obj = {**BAR, "o": o, "h": high, "l": low, "c": c, "v": draw(st.integers(0, 2**64 - 1))}
+    odd = st.sampled_from([*ODD, DROP]) | st.floats() | st.integers(-(2**63), 2**64 - 1)
+    for key in draw(st.lists(st.sampled_from(sorted(BAR)), max_size=3)):
+        obj[key] = draw(odd)
+    return {k: v for k, v in obj.items() if v is not DROP}
+
+
+@settings(max_examples=300)
+@given(bar_objects())
+def test_the_quick_test_agrees_with_the_full_checks_on_any_bar(obj: dict[str, Any]) -> None:
+    check_bar(obj)
