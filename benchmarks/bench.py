@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,38 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="finazon-bench-") as tmp:
         recording, tickers, minutes = _recording(Path(tmp), args.frames)
         config = [list(item) for item in args.kafka_config]
-        results: dict[str, Any] = {
-            "transform": _repeat(args.repeat, lambda i: _measure("transform", recording=recording))
-        }
+        transform = [_measure("transform", recording=recording) for _ in range(args.repeat)]
+        results: dict[str, Any] = {"transform": _summary(transform)}
         with _broker(args, Path(tmp)) as (bootstrap, broker):
-            _warm_up(bootstrap)
-            limit_runs: list[dict[str, Any]] = []
-            replay_runs: list[dict[str, Any]] = []
-            for i in range(args.repeat):
-                for kind, runs in (("limit", limit_runs), ("replay", replay_runs)):
-                    with _topics(bootstrap, f"{kind}-{i}") as topics:
-                        runs.append(
-                            _measure(
-                                kind,
-                                recording=recording,
-                                bootstrap=bootstrap,
-                                topics=topics,
-                                config=config,
-                            )
-                        )
-            results["limit"] = _summary(limit_runs)
-            results["replay"] = _summary(replay_runs)
-            results["replay"]["pair_ratios"] = [
-                r["messages_per_s"] / lim["messages_per_s"]
-                for r, lim in zip(replay_runs, limit_runs, strict=True)
-            ]
-            results["replay"]["ratio_to_limit"] = (
-                results["replay"]["median"]["messages_per_s"]
-                / results["limit"]["median"]["messages_per_s"]
-            )
+            _warm_up(bootstrap, recording, config)
+            results |= _limit_and_replay(args.repeat, recording, bootstrap, config)
+            spool = str(Path(tmp) / "spool")
             results["live"] = [
-                _live_rate(rate, args, bootstrap, config, str(Path(tmp) / "spool"))
-                for rate in args.live_rates
+                _live_rate(rate, args, bootstrap, config, spool) for rate in args.live_rates
             ]
     report = {
         "version": 1,
@@ -131,6 +107,27 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"\nJSON: {args.json}")
     return 0
+
+
+def _limit_and_replay(
+    repeat: int, recording: str, bootstrap: str, config: list[list[str]]
+) -> dict[str, Any]:
+    """The limit and the replay, alternately, so that each pair of runs shares the load."""
+    runs: dict[str, list[dict[str, Any]]] = {"limit": [], "replay": []}
+    for i in range(repeat):
+        for kind in runs:
+            with _topics(bootstrap, f"{kind}-{i}") as topics:
+                arguments: dict[str, Any] = {"bootstrap": bootstrap, "config": config}
+                runs[kind].append(_measure(kind, recording=recording, topics=topics, **arguments))
+    limit, replay = _summary(runs["limit"]), _summary(runs["replay"])
+    replay["pair_ratios"] = [
+        r["messages_per_s"] / lim["messages_per_s"]
+        for r, lim in zip(runs["replay"], runs["limit"], strict=True)
+    ]
+    replay["ratio_to_limit"] = (
+        replay["median"]["messages_per_s"] / limit["median"]["messages_per_s"]
+    )
+    return {"limit": limit, "replay": replay}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,15 +189,20 @@ def _broker(args: argparse.Namespace, directory: Path) -> Iterator[tuple[str, di
             yield broker.bootstrap, {"kind": "embedded", "version": binary}
 
 
-def _warm_up(bootstrap: str) -> None:
-    """Produce a little first: a fresh broker makes the first idempotent producer wait while
-    it loads its coordinator, which would count against the first measurement."""
+def _warm_up(bootstrap: str, recording: str, config: list[list[str]]) -> None:
+    """Produce a little, then one untimed limit run: a fresh broker makes the first idempotent
+    producer wait while it loads its coordinator, and Apache Kafka's JVM takes millions of
+    messages to compile its hot path (a cold broker took 280k messages/s in the limit where a
+    warm one took 510k, and made the first live runs fall behind into the spool)."""
     with _topics(bootstrap, "warm-up") as topics:
         producer = Producer(producer_config(KafkaSettings(), bootstrap))
         for i in range(1000):
             producer.produce(topics[0], b"warm-up", str(i).encode())
         if producer.flush(120):
             raise RuntimeError(f"the broker at {bootstrap} does not take messages")
+    with _topics(bootstrap, "warm-up-limit") as topics:
+        arguments: dict[str, Any] = {"bootstrap": bootstrap, "config": config}
+        _measure("limit", "warm-up", recording=recording, topics=topics, **arguments)
 
 
 @contextlib.contextmanager
@@ -218,14 +220,15 @@ def _topics(bootstrap: str, name: str) -> Iterator[list[str]]:
                 future.result()
 
 
-def _measure(kind: str, **arguments: Any) -> dict[str, Any]:
+def _measure(kind: str, label: str = "", **arguments: Any) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; its result."""
     command = [sys.executable, "-m", "benchmarks.measure", kind, orjson.dumps(arguments).decode()]
     done = subprocess.run(
         command, cwd=ROOT, stdout=subprocess.PIPE, check=True, timeout=MEASURE_TIMEOUT
     )
     result: dict[str, Any] = orjson.loads(done.stdout.splitlines()[-1])
-    print(f"  {kind}: {_brief(result)}", file=sys.stderr, flush=True)
+    result["load_average"] = os.getloadavg()[0]  # other work on the machine, just after
+    print(f"  {label or kind}: {_brief(result)}", file=sys.stderr, flush=True)
     return result
 
 
@@ -236,10 +239,6 @@ def _brief(result: dict[str, Any]) -> str:
             f"p99 {result['latency_p99_ms'] or 0:.0f} ms"
         )
     return f"{result['frames_per_s']:.0f} frames/s, {result['messages_per_s']:.0f} messages/s"
-
-
-def _repeat(n: int, run: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
-    return _summary([run(i) for i in range(n)])
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

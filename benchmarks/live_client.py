@@ -96,18 +96,20 @@ class _Watch:
     def _sample(self) -> dict[str, Any]:
         m = self.metrics
         m.channels.sample()
-        channel_frames = sum(used for used, _ in m.channels.fill.values())
+        source_frames = m.channels.fill["source"][0]
         pub = m.publisher
+        made = m.transform.ticks + m.transform.volume_messages
         return {
             "t": time.perf_counter(),
             "cpu": time.process_time(),
             "server_cpu": _cpu_seconds(self.server_pid),
             "received": m.source.frames,
             "bars": m.transform.bars,
-            # frames waiting in the channels, and messages (91 a frame) in the producer's
-            # queue and the spool
-            "backlog_frames": channel_frames + (pub.queued + pub.backlog) / 91,
-            "made": m.transform.ticks + m.transform.volume_messages,
+            # frames waiting for the transform, and the messages made (91 a frame) that Kafka
+            # has not acknowledged yet: in batches between the stages, the spool, the
+            # producer's queue
+            "backlog_frames": source_frames + (made - pub.delivered - pub.failed) / 91,
+            "made": made,
             "spooled": pub.spooled,
             "rss_mb": _status_mb("VmRSS"),
             "receipt_latency": list(pub.receipt_latency),

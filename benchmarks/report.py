@@ -70,9 +70,14 @@ def print_report(report: dict[str, Any]) -> None:
         f"machine: {m['cpu']} x {m['cpus']}, Python {m['python']}, confluent-kafka "
         f"{m['confluent_kafka']} (librdkafka {m['librdkafka']})"
     )
+    during = [
+        r["load_average"] for key in ("transform", "limit", "replay") for r in report[key]["runs"]
+    ]
+    during += [r["load_average"] for rate in report["live"] for r in rate["runs"]]
     print(
-        f"load average (1 min) before/after: {load['before'][0]:.2f} / {load['after'][0]:.2f}"
-        "  (anything above 0 is other work sharing the CPUs)"
+        f"load average (1 min): {load['before'][0]:.2f} before, {min(during):.2f} to "
+        f"{max(during):.2f} after each run, {load['after'][0]:.2f} after (the benchmark's own "
+        "work is about 1-2 of it; the rest shares the CPUs with it)"
     )
     print(
         f"recording: {s['frames']:,} frames ({s['tickers']} tickers x {s['minutes']} min of 1 s "

@@ -43,8 +43,10 @@ logger = logging.getLogger(__name__)
 #: Source events buffered between the source and the transform. Enough to ride out a pause
 #: in the transform (a full second of 1 s updates for ~1000 tickers) without stalling the socket.
 SOURCE_BUFFER = 1024
-#: Frames' worth of Kafka records (91 each by default) buffered before the publisher.
-OUTGOING_BUFFER = 256
+#: Batches of Kafka records buffered before the publisher: a batch per frame while the
+#: transform keeps up, up to ``BATCH_EVENTS`` (16) frames when it does not, so 64 to 1024
+#: frames (91 records each by default; the producer's own queue holds 200,000 records).
+OUTGOING_BUFFER = 64
 
 Source = Callable[[trio.MemorySendChannel[SourceEvent]], Awaitable[None]]
 

@@ -40,7 +40,8 @@ async def replay_source(
     the first received frame (events before that frame go at once). The file is read in a worker
     thread, batch by batch. Started with ``nursery.start``, it reports the recording's header once
     the header is checked (:class:`RecordingError` otherwise). Cancellation stops it between
-    events; ``metrics.state`` then says ``stopped`` rather than ``done``.
+    events, at the next wait: for room in ``send``, for the next batch of the file, or (at a
+    set speed) for the next event's time; ``metrics.state`` then says ``stopped``, not ``done``.
 
     Metrics: ``lines_total`` (counted before starting) and ``lines_read`` both include the
     header, so ``lines_read == lines_total`` at the end; ``frames`` counts received frames sent
@@ -71,7 +72,10 @@ async def replay_source(
                             )
                         elif isinstance(entry, Received):
                             first_frame_ns, start = entry.t_ns, trio.current_time()
-                    await send.send(entry)
+                    try:  # no schedule point per event while there is room: 5-10 us each
+                        send.send_nowait(entry)
+                    except trio.WouldBlock:
+                        await send.send(entry)
                     if isinstance(entry, Received):
                         metrics.frames += 1
             metrics.state = "done"

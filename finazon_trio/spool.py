@@ -4,16 +4,16 @@ While the publisher keeps up, each ``Outgoing`` goes straight through. When the 
 channel is full (Kafka is slow or away and the producer's local queue is full too), or before
 :meth:`Spool.open` (Kafka has not answered yet at start), the spool queues what arrives instead,
 and a drain task hands it to the publisher, oldest first, as fast as it takes it. The queue is
-one FIFO: segment files on disk (oldest), the batch being written, then up to
-:data:`MAX_PENDING` batches in memory (newest). Memory is written out once
-:data:`WRITE_BATCH` batches wait or the oldest has waited :data:`WRITE_DELAY` seconds, so a
+one FIFO: segment files on disk (oldest), the batch being written, then about
+:data:`MAX_PENDING` messages in memory (newest). Memory is written out once
+:data:`WRITE_BATCH` messages wait or the oldest has waited :data:`WRITE_DELAY` seconds, so a
 hiccup that Kafka makes up for at once never touches the disk. Once anything is queued,
 everything after it is queued too until the queue is empty, so the publisher receives exactly
 the transform's order: per-symbol order holds across any outage.
 
-Memory stays bounded whatever the backlog: at most :data:`MAX_PENDING` ``Outgoing`` wait to be
-written, the drain reads :data:`~.message_log.READ_CHUNK` bytes at a time, the channels are
-bounded. Disk I/O runs in worker threads, in batches.
+Memory stays bounded whatever the backlog: at most :data:`MAX_PENDING` messages (and one more
+``Outgoing``) wait to be written, the drain reads :data:`~.message_log.READ_CHUNK` bytes at a
+time, the channels are bounded. Disk I/O runs in worker threads, in batches.
 
 On disk: ``DIR/segment-00000001.jsonl``, ... in :mod:`.message_log`'s format (one message per
 line, with ``received_ns``). A segment is closed at :data:`SEGMENT_BYTES` and deleted once
@@ -49,10 +49,11 @@ logger = logging.getLogger(__name__)
 
 #: A segment is closed (and a new one started) once it is this big.
 SEGMENT_BYTES = 16 << 20
-#: ``Outgoing`` waiting in memory to be written; past this, the transform waits for the disk.
-MAX_PENDING = 256
-#: Memory is written out once this many ``Outgoing`` wait...
-WRITE_BATCH = 64
+#: Messages waiting in memory to be written (256 frames); past this, the transform waits for
+#: the disk.
+MAX_PENDING = 256 * 91
+#: Memory is written out once this many messages wait...
+WRITE_BATCH = 64 * 91
 #: ...or once the oldest has waited this long (seconds).
 WRITE_DELAY = 0.5
 #: While a backlog exists, its size is logged this often (seconds).
@@ -94,6 +95,7 @@ class Spool:
         #: Messages taken in and not yet handed to the publisher.
         self._held = 0
         self._pending: list[Outgoing] = []
+        self._pending_messages = 0
         self._writing = False
         self._segments: deque[_Segment] = deque()
         self._writer = _SegmentWriter(directory)
@@ -145,8 +147,9 @@ class Spool:
                         continue
                     except trio.WouldBlock:
                         pass
-                await self._until(lambda: len(self._pending) < MAX_PENDING)
+                await self._until(lambda: self._pending_messages < MAX_PENDING)
                 self._pending.append(outgoing)
+                self._pending_messages += len(outgoing.messages)
                 self._held += len(outgoing.messages)
                 self.metrics.spooled += len(outgoing.messages)
                 self._update()
@@ -159,7 +162,9 @@ class Spool:
             with trio.move_on_after(WRITE_DELAY):  # the drain may take them from memory
                 await self._until(
                     lambda: (
-                        not self._pending or len(self._pending) >= WRITE_BATCH or self._input_done
+                        not self._pending
+                        or self._pending_messages >= WRITE_BATCH
+                        or self._input_done
                     )
                 )
             if self._pending:
@@ -168,7 +173,7 @@ class Spool:
                 return
 
     async def _write_pending(self) -> None:
-        batch, self._pending = self._pending, []
+        batch, self._pending, self._pending_messages = self._pending, [], 0
         self._writing = True
         self._notify()
         if not self._spooling:
@@ -199,10 +204,12 @@ class Spool:
                 segment = self._readable()
                 if segment is None:  # nothing on disk or on its way there: the oldest is here
                     outgoing = self._pending.pop(0)
+                    self._pending_messages -= len(outgoing.messages)
                     try:
                         await send.send(outgoing)
                     except BaseException:
                         self._pending.insert(0, outgoing)  # not handed over: still the oldest
+                        self._pending_messages += len(outgoing.messages)
                         raise
                     self._handed_over(outgoing)
                     if not self._held:

@@ -141,6 +141,9 @@ async def test_segments_rotate_and_go_once_drained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 20_000)
+    # Many small writes (a segment rotates between writes): 64 to 256 batches of 10 each.
+    monkeypatch.setattr(spool_module, "WRITE_BATCH", 640)
+    monkeypatch.setattr(spool_module, "MAX_PENDING", 2560)
     sent = outgoings(2000)
     async with running(tmp_path) as h:
         async with h.send:

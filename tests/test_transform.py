@@ -14,6 +14,7 @@ from finazon_trio.events import Lifecycle, Message, Outgoing, Received, Sent, So
 from finazon_trio.metrics import TickerBoard, TransformMetrics
 from finazon_trio.settings import Output, Subscription
 from finazon_trio.transform import (
+    BATCH_EVENTS,
     LOG_FIRST_REJECTS,
     LOG_REJECT_INTERVAL,
     Transformer,
@@ -406,3 +407,37 @@ async def test_run_transform_sends_the_records_of_received_frames() -> None:
 def transformer_records() -> list[Message]:
     transformer, _ = make(points=2)
     return transformer.on_frame(ns(E0), text())
+
+
+async def test_frames_that_wait_go_out_together_up_to_a_batch() -> None:
+    """Frames queued behind the transform share an ``Outgoing`` (BATCH_EVENTS events at most),
+    stamped with the first frame's receipt; the records are those of each frame, in order."""
+    transformer, _ = make(points=2)
+    frames_in = [
+        Received(ns(E0 + 1000 * i), 1, text(s=f"S{i % 3}", c=219.93 + 0.01 * i, v=4572 + i))
+        for i in range(BATCH_EVENTS + 3)
+    ]
+    events_send, events = trio.open_memory_channel[SourceEvent](len(frames_in))
+    outgoing_send, outgoing = trio.open_memory_channel[Outgoing](len(frames_in))
+    async with events_send:
+        for frame in frames_in:  # all waiting before the transform starts
+            events_send.send_nowait(frame)
+    await run_transform(events, outgoing_send, transformer)
+    batches = [batch async for batch in outgoing]
+    assert [b.t_ns for b in batches] == [frames_in[0].t_ns, frames_in[BATCH_EVENTS].t_ns]
+    assert [len(b.messages) for b in batches] == [3 * BATCH_EVENTS, 3 * 3]
+    reference, _ = make(points=2)
+    expected = [m for f in frames_in for m in reference.on_frame(f.t_ns, f.text)]
+    assert [m for b in batches for m in b.messages] == expected
+
+
+async def test_a_frame_that_arrives_alone_goes_out_alone() -> None:
+    transformer, _ = make(points=2)
+    events_send, events = trio.open_memory_channel[SourceEvent](0)
+    outgoing_send, outgoing = trio.open_memory_channel[Outgoing](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run_transform, events, outgoing_send, transformer)
+        async with events_send:
+            for i in range(3):
+                await events_send.send(Received(ns(E0 + 1000 * i), 1, text(c=219.95 + 0.01 * i)))
+                assert len((await outgoing.receive()).messages) == 3
