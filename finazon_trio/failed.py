@@ -9,6 +9,7 @@ behind by a run that could not drain them, in order.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -81,6 +82,38 @@ def message_files(paths: Sequence[Path]) -> list[Path]:
         else:
             raise FinazonTrioError(f"{path}: no such file or directory")
     return files
+
+
+def left_behind(spool_root: Path) -> list[Path]:
+    """What earlier runs left in ``spool_root`` for ``republish``, oldest first: spool
+    directories (``live-<time>-<pid>``) that still hold segments, and non-empty failed-messages
+    files (``failed-<time>-<pid>.jsonl``); those of processes still running are not counted.
+    Blocking: run it in a thread."""
+    found = [
+        path
+        for path in spool_root.glob("live-*")
+        if path.is_dir() and any(path.glob("segment-*.jsonl"))
+    ]
+    found += [path for path in spool_root.glob("failed-*.jsonl") if path.stat().st_size]
+    # By the run's start time; a run's failed messages come before its spool (republish order).
+    return sorted(
+        (path for path in found if not _running(path.name)),
+        key=lambda path: (path.name.split("-")[1], path.is_dir()),
+    )
+
+
+def _running(name: str) -> bool:
+    """Whether the process whose pid ends ``name`` (before any suffix) is alive."""
+    pid = name.removesuffix(".jsonl").rpartition("-")[2]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 def read_messages(files: Sequence[Path], corrupt: list[str]) -> Iterator[Outgoing]:

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import attrs
 import trio
@@ -28,7 +29,7 @@ from .broker import run_embedded_broker
 from .dashboard import run_dashboard, run_log
 from .errors import KafkaError
 from .events import Outgoing, SourceEvent
-from .failed import FailedFile
+from .failed import FailedFile, left_behind
 from .kafka_admin import Config, ensure_topics, wait_for_kafka
 from .metrics import Metrics
 from .prometheus import serve_metrics
@@ -123,6 +124,7 @@ async def _run_stages(
     """Reach Kafka, then run source → [recorder] → transform → publisher; in live mode, start at
     once and put the spool before the publisher."""
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    await _warn_of_leftovers(settings.kafka.spool_root)
     async with _kafka_endpoint(settings, metrics) as bootstrap:
         config = producer_config(settings.kafka, bootstrap)
         failed = FailedFile(
@@ -167,6 +169,22 @@ async def _run_stages(
             metrics.publisher.failed_path = str(failed.path) if failed.written else ""
         if kafka.failure is not None:
             raise kafka.failure
+
+
+async def _warn_of_leftovers(spool_root: Path) -> None:
+    """Say so if earlier runs left undelivered messages behind: nothing republishes them
+    unless asked."""
+    try:
+        left = await trio.to_thread.run_sync(left_behind, spool_root)
+    except OSError as exc:  # a file that went away meanwhile, say: not worth failing the run
+        logger.debug("could not look for earlier runs' leftovers in %s: %s", spool_root, exc)
+        return
+    if left:
+        logger.warning(
+            "earlier runs left undelivered messages behind; publish them, in this order, with: "
+            "finazon-trio republish %s",
+            " ".join(str(path) for path in left),
+        )
 
 
 async def _reach_kafka(settings: Settings, config: Config, metrics: Metrics) -> None:
@@ -245,7 +263,7 @@ class _KafkaSide:
             if self.spool is not None:
                 self.spool.give_up()
             if self.publisher is not None:
-                self.publisher.abandon_flush()
+                self.publisher.abandon_flush(f"the {timeout:g} s flush deadline passed")
 
 
 class _Shutdown:
@@ -272,7 +290,7 @@ class _Shutdown:
                     else:  # e.g. while waiting for Kafka at start
                         logger.warning("%s: stopping; nothing was published yet", name)
                     if self.publisher is not None:
-                        self.publisher.abandon_flush()
+                        self.publisher.abandon_flush(f"{name} again cut the flush short")
                     self.everything.cancel()
                     return
 

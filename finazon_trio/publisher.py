@@ -131,6 +131,7 @@ class Publisher:
         self._produce: Callable[..., None] = self._producer.produce
         self._stop = threading.Event()
         self._abandon = threading.Event()
+        self._abandoned_because = ""
         self._fatal: str | None = None
         self._failure_log = RateLimitedLog(logger, FAILURE_LOG_INTERVAL)
         self._error_log = RateLimitedLog(logger, FAILURE_LOG_INTERVAL)
@@ -177,11 +178,11 @@ class Publisher:
             self._account(token=None, final=True)
             if self.unflushed:
                 logger.warning(
-                    "%d messages were not acknowledged by Kafka at %s within the %g s flush "
-                    "deadline",
+                    "%d messages were not acknowledged by Kafka at %s: %s",
                     self.unflushed,
                     self._endpoint,
-                    self.flush_timeout,
+                    self._abandoned_because
+                    or f"the {self.flush_timeout:g} s flush deadline passed",
                 )
 
     async def _run_poll_thread(self, token: trio.lowlevel.TrioToken) -> None:
@@ -190,12 +191,13 @@ class Publisher:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self._poll_thread, token, limiter=trio.CapacityLimiter(1))
 
-    def abandon_flush(self) -> None:
+    def abandon_flush(self, because: str) -> None:
         """Stop waiting for Kafka (a second Ctrl-C, or the shutdown deadline): what is still
         queued is purged, and what is not produced yet (the rest of the ``Outgoing`` waiting
         for queue space, and whatever else arrives) is not produced; both are counted in
         :attr:`unflushed` and kept (failed-messages file, :attr:`failures`). Safe to call from
-        the trio thread at any time."""
+        the trio thread at any time. ``because`` ends the warning about what was left."""
+        self._abandoned_because = self._abandoned_because or because
         self._abandon.set()
         self._stop.set()
         if self._space_waiter is not None:
@@ -231,7 +233,7 @@ class Publisher:
             topic, key, value, timestamp, headers = messages[i]
             try:
                 # Positional arguments (partition -1: the partitioner; callback alias None):
-                # keywords cost 1.8 instead of 0.8 us per call, a third of the replay's time.
+                # keywords cost 1.8 instead of 0.8 us per call, 91 calls a frame.
                 produce(topic, value, key, -1, reports, None, timestamp, headers)
             except BufferError:
                 return i

@@ -42,6 +42,15 @@ def kafka_bootstrap(
             yield broker.bootstrap
 
 
+@pytest.fixture(autouse=True)
+def _own_state_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test's default spool directory is its own (child processes inherit it), never the
+    user's ``~/.local/state``."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def apache_kafka(tmp_path: Path) -> Iterator[ApacheKafka]:
     """A running Apache Kafka broker of this test's own: ``kill()``, ``stop()``, ``start()`` and

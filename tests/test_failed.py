@@ -16,7 +16,7 @@ import trio
 
 from finazon_trio.errors import FinazonTrioError
 from finazon_trio.events import Message, Outgoing
-from finazon_trio.failed import FailedFile, message_files, read_messages
+from finazon_trio.failed import FailedFile, left_behind, message_files, read_messages
 from finazon_trio.kafka_admin import ensure_topics
 from finazon_trio.message_log import MessageLogError, batches, decode, encode, read_lines
 from finazon_trio.metrics import PublisherMetrics
@@ -26,6 +26,7 @@ from finazon_trio.synthetic import generate_recording
 
 from .contract import by_topic
 from .kafka_helpers import consume_all, create_topic, free_port, unique_topic
+from .test_bad_config import SAMPLE
 from .test_end_to_end import assert_topic_matches, expect
 
 T0_MS = 1_731_080_000_000
@@ -157,7 +158,7 @@ def test_message_files_takes_files_and_spool_directories_in_order(tmp_path: Path
 
 
 async def test_purged_messages_are_written_in_the_order_they_were_produced(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     topic = unique_topic("purged")
     # A long linger keeps them in the local queues (one per partition) until purged.
@@ -178,7 +179,7 @@ async def test_purged_messages_are_written_in_the_order_they_were_produced(
         async with send:
             for outgoing in sent:
                 await send.send(outgoing)
-            publisher.abandon_flush()  # the second Ctrl-C: purge at once
+            publisher.abandon_flush("a second Ctrl-C")  # purge at once
             await send.send(Outgoing(0, [(topic, b"late", b"late", T0_MS, None)]))
 
     everything = [m for o in sent for m in o.messages] + [(topic, b"late", b"late", T0_MS, None)]
@@ -188,6 +189,10 @@ async def test_purged_messages_are_written_in_the_order_they_were_produced(
     assert metrics.delivered == metrics.failed == 0
     last = orjson.loads(failed.path.read_bytes().splitlines()[-1])
     assert last["error"] == ABANDONED
+    warning = f"{len(everything)} messages were not acknowledged by Kafka at "
+    assert any(
+        m.startswith(warning) and m.endswith(": a second Ctrl-C") for m in caplog.messages
+    ), caplog.messages
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -284,3 +289,45 @@ def test_republish_needs_a_real_kafka_and_a_file_that_exists(tmp_path: Path) -> 
     assert run.returncode != 0
     assert f"Kafka at {unreachable} did not answer within 1 s" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_left_behind_lists_what_earlier_runs_left_oldest_first(tmp_path: Path) -> None:
+    dead, alive = dead_pid(), os.getpid()
+    files = {
+        f"failed-20240102T000000Z-{dead}.jsonl": b"x\n",
+        f"failed-20240101T000000Z-{dead}.jsonl": b"x\n",
+        f"failed-20231231T000000Z-{dead}.jsonl": b"",  # empty: nothing to publish
+        f"failed-20240103T000000Z-{alive}.jsonl": b"x\n",  # a run still going
+        f"live-20240101T000000Z-{dead}/segment-00000001.jsonl": b"x\n",
+        f"live-20240104T000000Z-{alive}/segment-00000001.jsonl": b"x\n",
+        "unrelated.jsonl": b"x\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / f"live-20240105T000000Z-{dead}").mkdir()  # drained: no segments
+    assert left_behind(tmp_path) == [
+        tmp_path / f"failed-20240101T000000Z-{dead}.jsonl",
+        tmp_path / f"live-20240101T000000Z-{dead}",
+        tmp_path / f"failed-20240102T000000Z-{dead}.jsonl",
+    ]
+    assert left_behind(tmp_path / "nowhere") == []
+
+
+def test_a_run_names_what_earlier_runs_left_behind(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    leftover = spool / f"failed-20240101T000000Z-{dead_pid()}.jsonl"
+    spool.mkdir()
+    leftover.write_bytes(b"x\n")
+    run = run_cli("replay", SAMPLE, "--no-dashboard", "--spool-dir", spool)
+    assert run.returncode == 0, run.stderr
+    assert (
+        "earlier runs left undelivered messages behind; publish them, in this order, with: "
+        f"finazon-trio republish {leftover}" in " ".join(run.stderr.split())
+    ), run.stderr
