@@ -1,26 +1,15 @@
-"""``scripts/apache_kafka.py`` (not a package: loaded from its path), and the Kafka version."""
+"""Apache Kafka for the benchmark: ``scripts/apache_kafka.py``'s broker, and its version."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
-from types import ModuleType
+
+from scripts.apache_kafka import ApacheKafka
+
+__all__ = ["ApacheKafka", "kafka_version"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-#: A single-node KRaft broker on free loopback ports: ``with ApacheKafka(data_dir) as kafka``.
-ApacheKafka = _load_script("apache_kafka").ApacheKafka
 
 
 def kafka_version() -> str:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
-from types import ModuleType
 
 import attrs
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -16,24 +13,8 @@ from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from finazon_trio.events import Headers, Message
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-#: ``scripts/apache_kafka.py``: ``ApacheKafka``, ``fetch_jars``, ``KafkaSetupError``...
-apache_kafka_script = _load_script("apache_kafka")
-ApacheKafka = apache_kafka_script.ApacheKafka
-#: A loopback port nobody listens on right now.
-free_port = apache_kafka_script.free_port
+from scripts.apache_kafka import ApacheKafka as ApacheKafka  # re-exported for the tests
+from scripts.apache_kafka import free_port as free_port
 
 _topic_numbers = itertools.count()
 

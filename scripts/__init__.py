@@ -1,0 +1,1 @@
+"""Command-line helpers; importable (``scripts.apache_kafka``) by the tests and the benchmark."""
