@@ -120,7 +120,7 @@ def read_messages(files: Sequence[Path], corrupt: list[str]) -> Iterator[Outgoin
     """The messages of ``files`` in order, as ``Outgoing`` batches; lines that are not messages
     are skipped and described in ``corrupt`` (``path:line: why``)."""
 
-    def entries() -> Iterator[tuple[Message, int]]:
+    def lines() -> Iterator[Outgoing]:
         for path in files:
             for number, line in iter_file(path):
                 try:
@@ -128,7 +128,7 @@ def read_messages(files: Sequence[Path], corrupt: list[str]) -> Iterator[Outgoin
                 except MessageLogError as exc:
                     corrupt.append(f"{path}:{number}: {exc}")
 
-    yield from batches(entries(), REPUBLISH_BATCH)
+    yield from batches(lines(), REPUBLISH_BATCH)
 
 
 async def feed(

@@ -1,22 +1,31 @@
-"""Kafka messages as JSON lines, losslessly: the spool's segments and the failed-messages file.
+"""Kafka messages as JSON lines, losslessly: the failed-messages file and the spool's segments.
 
-One message per line::
+The failed-messages file has one message per line::
 
     {"topic": "price_ticks", "key": "AAPL", "value": "{\\"symbol\\":\\"AAPL\\",...}",
      "timestamp": 1731080000123, "headers": null, "error": "Broker: Message too large"}
 
+The spool writes one ``Outgoing`` (a frame's messages, or a few frames') per line, in columns::
+
+    {"received_ns": 1731080000123456789, "topics": ["price_ticks", ...], "keys": ["AAPL", ...],
+     "values": [...], "timestamps": [1731080000023, ...], "headers": null}
+
+(A message costs 14 us to write and read back as a line of its own, 2.6 us in columns: the spool
+must stay cheaper than the pipeline it stands in for, or a backlog never drains.)
+
 ``key``, ``value`` and header values are bytes: written as text when they are valid UTF-8
 (this tool's keys and values always are), otherwise as ``{"base64": "..."}``. ``headers`` is a
-list of ``[name, value]`` pairs, or null when the message has none. The failed-messages file adds
-``error`` (why delivery failed); the spool adds ``received_ns`` (when the frame the message was
-made from arrived, for the latency figures). Readers ignore fields they do not know.
+list of ``[name, value]`` pairs, or null when the message has none; in columns, null when no
+message has any. ``error`` says why delivery failed; ``received_ns`` is when the frame the
+messages were made from arrived (for the latency figures; 0 when absent). Readers take either
+kind of line and ignore fields they do not know.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +58,50 @@ def encode(message: Message, *, received_ns: int | None = None, error: str | Non
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def decode(line: bytes) -> tuple[Message, int]:
-    """The message of one line, and its ``received_ns`` (0 if absent).
-    :class:`MessageLogError` if the line is not one."""
+def encode_batch(outgoing: Outgoing) -> bytes:
+    """The messages of ``outgoing`` as one line in columns, newline included."""
+    topics, keys, values, timestamps, headers = list(zip(*outgoing.messages, strict=True)) or _EMPTY
+    entry = {
+        "received_ns": outgoing.t_ns,
+        "topics": topics,
+        "keys": _texts(keys),
+        "values": _texts(values),
+        "timestamps": timestamps,
+        "headers": None if headers.count(None) == len(headers) else _header_texts(headers),
+    }
+    return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def decode(line: bytes) -> Outgoing:
+    """The messages of one line, of either kind, stamped with its ``received_ns`` (0 if
+    absent). :class:`MessageLogError` if the line is neither."""
     try:
         entry = orjson.loads(line)
-        raw_headers = entry["headers"]
-        headers: Headers | None = (
-            None if raw_headers is None else [(str(n), _bytes(v)) for n, v in raw_headers]
-        )
+        received_ns = int(entry.get("received_ns", 0))
+        if "values" in entry:
+            return Outgoing(received_ns, _columns(entry))
         topic, timestamp = entry["topic"], entry["timestamp"]
         if not isinstance(topic, str) or not isinstance(timestamp, int):
             raise TypeError("topic must be text and timestamp an integer")
-        message = (topic, _bytes(entry["key"]), _bytes(entry["value"]), timestamp, headers)
-        return message, int(entry.get("received_ns", 0))
+        headers = _headers(entry["headers"])
+        return Outgoing(
+            received_ns, [(topic, _bytes(entry["key"]), _bytes(entry["value"]), timestamp, headers)]
+        )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MessageLogError(f"not a message line ({type(exc).__name__}: {exc})") from None
+
+
+_EMPTY: list[tuple[()]] = [(), (), (), (), ()]
+
+
+def _columns(entry: dict[str, Any]) -> list[Message]:
+    topics, timestamps = entry["topics"], entry["timestamps"]
+    keys, values = _bytes_list(entry["keys"]), _bytes_list(entry["values"])
+    headers = entry["headers"]
+    headers = [None] * len(topics) if headers is None else [_headers(h) for h in headers]
+    if not all(type(t) is str for t in topics) or not all(type(t) is int for t in timestamps):
+        raise TypeError("topics must be text and timestamps integers")
+    return list(zip(topics, keys, values, timestamps, headers, strict=True))
 
 
 def _text(data: bytes) -> str | dict[str, str]:
@@ -72,6 +109,28 @@ def _text(data: bytes) -> str | dict[str, str]:
         return data.decode()
     except UnicodeDecodeError:
         return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _texts(items: Sequence[bytes]) -> list[str] | list[str | dict[str, str]]:
+    try:
+        return [data.decode() for data in items]
+    except UnicodeDecodeError:
+        return [_text(data) for data in items]
+
+
+def _header_texts(headers: Sequence[Headers | None]) -> list[list[list[Any]] | None]:
+    return [None if h is None else [[name, _text(v)] for name, v in h] for h in headers]
+
+
+def _headers(raw: Any) -> Headers | None:
+    return None if raw is None else [(str(name), _bytes(v)) for name, v in raw]
+
+
+def _bytes_list(fields: list[Any]) -> list[bytes]:
+    try:
+        return [text.encode() for text in fields]
+    except AttributeError:  # not all text: base64 (or wrong)
+        return [_bytes(field) for field in fields]
 
 
 def _bytes(field: object) -> bytes:
@@ -102,10 +161,10 @@ def iter_file(path: Path) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
-def batches(entries: Iterable[tuple[Message, int]], size: int) -> Iterator[Outgoing]:
-    """Messages regrouped as ``Outgoing``: consecutive messages with the same ``received_ns``
-    (one frame's) together, at most ``size`` in one."""
-    for received_ns, group in itertools.groupby(entries, key=lambda entry: entry[1]):
-        messages = [message for message, _ in group]
+def batches(lines: Iterable[Outgoing], size: int) -> Iterator[Outgoing]:
+    """The lines' messages regrouped: consecutive lines with the same ``received_ns`` (one
+    frame's messages, one per line) together, in ``Outgoing`` of at most ``size`` messages."""
+    for received_ns, group in itertools.groupby(lines, key=lambda outgoing: outgoing.t_ns):
+        messages = [message for outgoing in group for message in outgoing.messages]
         for start in range(0, len(messages), size):
             yield Outgoing(received_ns, messages[start : start + size])

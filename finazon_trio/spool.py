@@ -15,10 +15,10 @@ Memory stays bounded whatever the backlog: at most :data:`MAX_PENDING` messages 
 ``Outgoing``) wait to be written, the drain reads :data:`~.message_log.READ_CHUNK` bytes at a
 time, the channels are bounded. Disk I/O runs in worker threads, in batches.
 
-On disk: ``DIR/segment-00000001.jsonl``, ... in :mod:`.message_log`'s format (one message per
-line, with ``received_ns``). A segment is closed at :data:`SEGMENT_BYTES` and deleted once
-drained; the directory goes when empty. Files are flushed to the OS, not fsynced: they survive
-a crash of this process, not of the machine.
+On disk: ``DIR/segment-00000001.jsonl``, ... in :mod:`.message_log`'s format (one ``Outgoing``
+per line, in columns, with ``received_ns``). A segment is closed at :data:`SEGMENT_BYTES` and
+deleted once drained; the directory goes when empty. Files are flushed to the OS, not fsynced:
+they survive a crash of this process, not of the machine.
 
 At the end, the drain goes on until the backlog is empty or :meth:`Spool.give_up` is called
 (the shutdown deadline). What is left then stays in DIR, rewritten to start at the first
@@ -41,7 +41,7 @@ import trio
 
 from .errors import FinazonTrioError
 from .events import Outgoing
-from .message_log import MessageLogError, batches, decode, encode, read_lines
+from .message_log import MessageLogError, decode, encode_batch, read_lines
 from .metrics import PublisherMetrics
 from .ratelog import RateLimitedLog
 
@@ -60,8 +60,6 @@ WRITE_DELAY = 0.5
 REPORT_INTERVAL = 10.0
 #: Spooling started / backlog drained: at most one line per this many seconds.
 TRANSITION_LOG_INTERVAL = 5.0
-#: Messages per ``Outgoing`` read back (a frame's messages share a ``received_ns`` anyway).
-READ_BACK_BATCH = 1000
 
 
 class SpoolError(FinazonTrioError):
@@ -326,11 +324,7 @@ class _SegmentWriter:
 
     def append(self, batch: list[Outgoing]) -> tuple[Path, int, bool]:
         """Write ``batch``; the segment written to, its size, and whether it is now closed."""
-        data = b"".join(
-            encode(message, received_ns=outgoing.t_ns)
-            for outgoing in batch
-            for message in outgoing.messages
-        )
+        data = b"".join(map(encode_batch, batch))
         try:
             if self._file is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
@@ -355,27 +349,17 @@ class _SegmentWriter:
 
 
 def _read_back(path: Path, offset: int, end: int) -> tuple[list[tuple[Outgoing, int]], int]:
-    """The ``Outgoing`` batches of ``path`` from ``offset`` (about a chunk's worth), each with
-    the offset after its last line; and the offset reached. A batch cut by the chunk's end is
-    left for the next call, unless it is the only one."""
+    """The ``Outgoing`` batches of ``path`` from ``offset`` (about a chunk's worth, one a line),
+    each with the offset after its line; and the offset reached."""
     lines, reached = read_lines(path, offset, end)
-    entries = []
-    position = offset
-    try:
-        for line in lines:
-            position += len(line) + 1
-            message, received_ns = decode(line)
-            entries.append((message, received_ns, position))
-    except MessageLogError as exc:
-        raise SpoolError(f"{path}: corrupt spool line before byte {position}: {exc}") from None
     out = []
-    done = 0
-    for outgoing in batches(((m, r) for m, r, _ in entries), READ_BACK_BATCH):
-        done += len(outgoing.messages)
-        out.append((outgoing, entries[done - 1][2]))
-    if reached < end and len(out) > 1:
-        out.pop()
-        reached = out[-1][1]
+    for line in lines:
+        try:
+            outgoing = decode(line)
+        except MessageLogError as exc:
+            raise SpoolError(f"{path}: corrupt spool line at byte {offset}: {exc}") from None
+        offset += len(line) + 1
+        out.append((outgoing, offset))
     return out, reached
 
 

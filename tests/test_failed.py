@@ -18,7 +18,14 @@ from finazon_trio.errors import FinazonTrioError
 from finazon_trio.events import Message, Outgoing
 from finazon_trio.failed import FailedFile, left_behind, message_files, read_messages
 from finazon_trio.kafka_admin import ensure_topics
-from finazon_trio.message_log import MessageLogError, batches, decode, encode, read_lines
+from finazon_trio.message_log import (
+    MessageLogError,
+    batches,
+    decode,
+    encode,
+    encode_batch,
+    read_lines,
+)
 from finazon_trio.metrics import PublisherMetrics
 from finazon_trio.publisher import ABANDONED, Publisher, producer_config
 from finazon_trio.settings import KafkaSettings, Output
@@ -45,7 +52,37 @@ def test_messages_survive_a_round_trip_exactly() -> None:
     for received_ns in (None, 10**18):
         lines = [encode(m, received_ns=received_ns, error="why") for m in ODD]
         assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
-        assert [decode(line) for line in lines] == [(m, received_ns or 0) for m in ODD]
+        assert [decode(line) for line in lines] == [Outgoing(received_ns or 0, [m]) for m in ODD]
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        ODD,
+        ODD[:1],
+        [],
+        [ODD[0], ("t", b"k", b"v", 5, None)],  # no headers at all: a null column
+        [(*m[:4], None) for m in ODD[1:]],  # binary, no headers
+    ],
+)
+def test_batches_survive_a_round_trip_in_one_line(messages: list[Message]) -> None:
+    line = encode_batch(Outgoing(10**18, messages))
+    assert line.count(b"\n") == 1
+    assert line.endswith(b"\n")
+    assert decode(line) == Outgoing(10**18, messages)
+
+
+def test_batch_lines_are_readable_json_in_columns() -> None:
+    entry = orjson.loads(encode_batch(Outgoing(7, [ODD[0], ODD[2]])))
+    assert entry == {
+        "received_ns": 7,
+        "topics": ["ticks", "bin"],
+        "keys": ["AAPL", {"base64": "//4="}],
+        "values": ['{"price":1.5}', {"base64": "AID/"}],
+        "timestamps": [T0_MS, T0_MS + 2],
+        "headers": [None, [["h", {"base64": "wyg="}], ["t", "ok"]]],
+    }
+    assert orjson.loads(encode_batch(Outgoing(7, ODD[:1])))["headers"] is None
 
 
 def test_lines_are_readable_json_with_text_where_possible() -> None:
@@ -75,6 +112,15 @@ def test_lines_are_readable_json_with_text_where_possible() -> None:
         b'{"topic": "t", "key": {"base64": "!!"}, "value": "v", "timestamp": 1, "headers": null}',
         b'{"topic": "t", "key": "k", "value": "v", "timestamp": 1, "headers": [["a"]]}',
         encode(ODD[0])[:-10],  # truncated
+        b'{"topics": ["t"], "keys": ["k"], "values": ["v", "w"], "timestamps": [1], '
+        b'"headers": null}',  # columns of different lengths
+        b'{"topics": ["t"], "keys": ["k"], "values": ["v"], "timestamps": [1], '
+        b'"headers": [null, null]}',
+        b'{"topics": [1], "keys": ["k"], "values": ["v"], "timestamps": [1], "headers": null}',
+        b'{"topics": ["t"], "keys": ["k"], "values": ["v"], "timestamps": [1.5], "headers": null}',
+        b'{"topics": ["t"], "keys": [5], "values": ["v"], "timestamps": [1], "headers": null}',
+        b'{"topics": ["t"], "keys": ["k"], "values": ["v"], "timestamps": [1]}',  # no headers
+        encode_batch(Outgoing(1, ODD))[:-10],
     ],
 )
 def test_a_line_that_is_not_a_message_is_refused(line: bytes) -> None:
@@ -98,10 +144,34 @@ def test_reading_back_stops_at_whole_lines(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_batches_regroup_each_frame() -> None:
-    entries = [(m, 1) for m in ODD[:3]] + [(ODD[3], 2)] + [(m, 3) for m in ODD]
-    out = list(batches(entries, size=3))
-    assert [(o.t_ns, len(o.messages)) for o in out] == [(1, 3), (2, 1), (3, 3), (3, 1)]
-    assert [m for o in out for m in o.messages] == [m for m, _ in entries]
+    lines = [Outgoing(1, [m]) for m in ODD[:3]] + [Outgoing(2, ODD[3:])]
+    lines += [Outgoing(3, [m]) for m in ODD] + [Outgoing(4, ODD), Outgoing(5, ODD[:1])]
+    out = list(batches(lines, size=3))
+    assert [(o.t_ns, len(o.messages)) for o in out] == [
+        (1, 3),
+        (2, 1),
+        (3, 3),
+        (3, 1),
+        (4, 3),
+        (4, 1),
+        (5, 1),
+    ]
+    assert [m for o in out for m in o.messages] == [m for o in lines for m in o.messages]
+
+
+def test_spool_segments_of_either_kind_are_read_in_order(tmp_path: Path) -> None:
+    """A spool directory left by an earlier version (a message per line) next to batch lines."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    old = b"".join(encode(m, received_ns=1) for m in ODD)
+    (spool / "segment-00000001.jsonl").write_bytes(old)
+    new = [Outgoing(2, ODD[:2]), Outgoing(3, ODD[2:])]
+    (spool / "segment-00000002.jsonl").write_bytes(b"".join(map(encode_batch, new)))
+    corrupt: list[str] = []
+    out = list(read_messages(message_files([spool]), corrupt))
+    assert not corrupt
+    assert [m for o in out for m in o.messages] == ODD + ODD
+    assert [o.t_ns for o in out] == [1, 2, 3]
 
 
 def test_the_failed_file_appears_with_the_first_failure_and_takes_any_thread(
