@@ -7,12 +7,14 @@ by default, or the embedded Tansu broker). Each measurement runs in a fresh proc
 (:mod:`benchmarks.measure`), ``--repeat`` times, and the medians are reported:
 
 1. transform: parse, validate, interpolate and encode a generated recording; no Kafka.
-2. limit: the same messages, encoded beforehand, produced flat out by a bare producer with the
+2. spool: its messages written to a spool segment and read back, what a live backlog costs on
+   top of the pipeline; no Kafka.
+3. limit: the same messages, encoded beforehand, produced flat out by a bare producer with the
    project's producer settings, flush included.
-3. replay: the pipeline (``run_pipeline`` with the replay source, in-process, as ``finazon-trio
+4. replay: the pipeline (``run_pipeline`` with the replay source, in-process, as ``finazon-trio
    replay --speed max`` runs it) over the same recording, until every message is acknowledged;
    limit and replay alternate, so that each ratio compares runs made under the same load.
-4. live: the live pipeline against ``finazon-trio serve`` (a separate process) offering
+5. live: the live pipeline against ``finazon-trio serve`` (a separate process) offering
    tickers x speed frames per second, at each ``--live-rates`` rate for ``--live-seconds``.
 
 A table goes to stdout and everything to a JSON file. Targets are printed as PASS/MISS lines.
@@ -72,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
         recording, tickers, minutes = _recording(Path(tmp), args.frames)
         config = [list(item) for item in args.kafka_config]
         transform = [_measure("transform", recording=recording) for _ in range(args.repeat)]
-        results: dict[str, Any] = {"transform": _summary(transform)}
+        spool = [_measure("spool", recording=recording, directory=tmp) for _ in range(args.repeat)]
+        results: dict[str, Any] = {"transform": _summary(transform), "spool": _summary(spool)}
         with _broker(args, Path(tmp)) as (bootstrap, broker):
             _warm_up(bootstrap, recording, config)
             results |= _limit_and_replay(args.repeat, recording, bootstrap, config)
-            spool = str(Path(tmp) / "spool")
+            spool_dir = str(Path(tmp) / "spool")
             results["live"] = [
-                _live_rate(rate, args, bootstrap, config, spool) for rate in args.live_rates
+                _live_rate(rate, args, bootstrap, config, spool_dir) for rate in args.live_rates
             ]
     report = {
         "version": 1,

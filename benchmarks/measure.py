@@ -20,7 +20,8 @@ import orjson
 import trio
 from confluent_kafka import Producer
 
-from finazon_trio.events import Message, Received
+from finazon_trio.events import Message, Outgoing, Received
+from finazon_trio.message_log import decode, encode_batch, read_lines
 from finazon_trio.metrics import Metrics, TickerBoard, TransformMetrics
 from finazon_trio.pipeline import run_pipeline
 from finazon_trio.publisher import producer_config
@@ -58,6 +59,29 @@ def transform(recording: str) -> Result:
     for t_ns, text in frames:
         messages += len(on_frame(t_ns, text))
     return _rates(len(frames), messages, start, cpu)
+
+
+def spool(recording: str, directory: str) -> Result:
+    """What the spool adds to each message of a live backlog: the transform's batches (one a
+    frame) written to a segment file and read back, as :mod:`finazon_trio.spool` does; no
+    Kafka, no trio."""
+    path = Path(recording)
+    transformer = Transformer(Output(), read_header(path).subscription(), TransformMetrics())
+    frames = received_frames(path)
+    batches = [Outgoing(t_ns, transformer.on_frame(t_ns, text)) for t_ns, text in frames]
+    segment = Path(directory) / "segment-00000001.jsonl"
+    start, cpu = time.perf_counter(), time.process_time()
+    with open(segment, "wb") as file:
+        for batch in batches:
+            if batch.messages:
+                file.write(encode_batch(batch))
+    offset, end, messages = 0, segment.stat().st_size, 0
+    while offset < end:
+        lines, offset = read_lines(segment, offset, end)
+        messages += sum(len(decode(line).messages) for line in lines)
+    result = _rates(len(frames), messages, start, cpu)
+    segment.unlink()
+    return result
 
 
 def limit(recording: str, bootstrap: str, topics: list[str], config: list[list[str]]) -> Result:
@@ -141,6 +165,7 @@ def _live(**kwargs: Any) -> Result:
 
 KINDS: dict[str, Callable[..., Result]] = {
     "transform": transform,
+    "spool": spool,
     "limit": limit,
     "replay": replay,
     "live": _live,

@@ -71,7 +71,9 @@ def print_report(report: dict[str, Any]) -> None:
         f"{m['confluent_kafka']} (librdkafka {m['librdkafka']})"
     )
     during = [
-        r["load_average"] for key in ("transform", "limit", "replay") for r in report[key]["runs"]
+        r["load_average"]
+        for key in ("transform", "spool", "limit", "replay")
+        for r in report[key]["runs"]
     ]
     during += [r["load_average"] for rate in report["live"] for r in rate["runs"]]
     print(
@@ -92,12 +94,13 @@ def print_report(report: dict[str, Any]) -> None:
     )
     for name, key in (
         ("transform (no Kafka)", "transform"),
+        ("spool round trip", "spool"),
         ("limit (bare producer)", "limit"),
         ("replay (pipeline)", "replay"),
     ):
         med = report[key]["median"]
         frames = f"{med['frames_per_s']:,.0f}"
-        ratio = "-" if key == "transform" else f"{med['messages_per_s'] / limit:.2f}"
+        ratio = "-" if key in ("transform", "spool") else f"{med['messages_per_s'] / limit:.2f}"
         runs = ", ".join(f"{r['messages_per_s']:,.0f}" for r in report[key]["runs"])
         cpu = f"{med['cpu_us_per_message']:.2f}"
         print(f"{name:24}{frames:>10}{med['messages_per_s']:>12,.0f}{ratio:>9}{cpu:>12}  {runs}")

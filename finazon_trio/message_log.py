@@ -49,13 +49,16 @@ def encode(message: Message, *, received_ns: int | None = None, error: str | Non
         "key": _text(key),
         "value": _text(value),
         "timestamp": timestamp,
-        "headers": None if headers is None else [[name, _text(v)] for name, v in headers],
+        "headers": _header_texts(headers),
     }
     if received_ns is not None:
         entry["received_ns"] = received_ns
     if error is not None:
         entry["error"] = error
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+
+
+_EMPTY: list[tuple[()]] = [(), (), (), (), ()]
 
 
 def encode_batch(outgoing: Outgoing) -> bytes:
@@ -67,7 +70,9 @@ def encode_batch(outgoing: Outgoing) -> bytes:
         "keys": _texts(keys),
         "values": _texts(values),
         "timestamps": timestamps,
-        "headers": None if headers.count(None) == len(headers) else _header_texts(headers),
+        "headers": (
+            None if headers.count(None) == len(headers) else [_header_texts(h) for h in headers]
+        ),
     }
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 
@@ -89,9 +94,6 @@ def decode(line: bytes) -> Outgoing:
         )
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise MessageLogError(f"not a message line ({type(exc).__name__}: {exc})") from None
-
-
-_EMPTY: list[tuple[()]] = [(), (), (), (), ()]
 
 
 def _columns(entry: dict[str, Any]) -> list[Message]:
@@ -118,8 +120,8 @@ def _texts(items: Sequence[bytes]) -> list[str] | list[str | dict[str, str]]:
         return [_text(data) for data in items]
 
 
-def _header_texts(headers: Sequence[Headers | None]) -> list[list[list[Any]] | None]:
-    return [None if h is None else [[name, _text(v)] for name, v in h] for h in headers]
+def _header_texts(headers: Headers | None) -> list[list[Any]] | None:
+    return None if headers is None else [[name, _text(v)] for name, v in headers]
 
 
 def _headers(raw: Any) -> Headers | None:

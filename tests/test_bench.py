@@ -26,7 +26,7 @@ def test_the_benchmark_runs_and_writes_its_report(
     assert report["broker"]["kind"] == "embedded"
     assert report["settings"]["kafka_config"] == {"linger.ms": "5"}
     messages = 120 * 91  # 2 tickers x 60 s, 90 price ticks and a volume message each
-    for kind in ("transform", "limit", "replay"):
+    for kind in ("transform", "spool", "limit", "replay"):
         (run,) = report[kind]["runs"]
         assert run["messages"] == messages, kind
         assert report[kind]["median"]["messages_per_s"] == run["messages_per_s"]
@@ -39,5 +39,6 @@ def test_the_benchmark_runs_and_writes_its_report(
 
     out = capsys.readouterr().out
     assert "limit (bare producer)" in out
+    assert "spool round trip" in out
     assert "replay >= 0.6 x limit" in out
     assert str(path) in out
