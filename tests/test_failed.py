@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from finazon_trio.errors import FinazonTrioError
 from finazon_trio.events import Message, Outgoing
@@ -70,6 +72,25 @@ def test_batches_survive_a_round_trip_in_one_line(messages: list[Message]) -> No
     assert line.count(b"\n") == 1
     assert line.endswith(b"\n")
     assert decode(line) == Outgoing(10**18, messages)
+
+
+_BYTES = st.binary(max_size=20) | st.text(max_size=20).map(str.encode)
+_MESSAGES = st.lists(
+    st.tuples(
+        st.text(min_size=1, max_size=10),
+        _BYTES,
+        _BYTES,
+        st.integers(min_value=0, max_value=2**63 - 1),
+        st.none() | st.lists(st.tuples(st.text(max_size=10), _BYTES), max_size=3),
+    ),
+    max_size=30,
+)
+
+
+@given(st.integers(min_value=0, max_value=2**63 - 1), _MESSAGES)
+@settings(max_examples=200, deadline=None)
+def test_any_batch_survives_a_round_trip(received_ns: int, messages: list[Message]) -> None:
+    assert decode(encode_batch(Outgoing(received_ns, messages))) == Outgoing(received_ns, messages)
 
 
 def test_batch_lines_are_readable_json_in_columns() -> None:
