@@ -184,13 +184,16 @@ class Connection:
                         await self._received(message)
                 self.source.set_state(self.slot, STALE)
                 logger.warning("connection %d: no message for %g s", self.number, quiet_after)
+                late: str | bytes | None = None
                 with trio.move_on_after(stale - quiet_after):
-                    message = await self.ws.get_message()
-                    self.source.set_state(self.slot, SUBSCRIBED if self._acked else SUBSCRIBING)
-                    await self._received(message)
-                    continue
-                self._die(f"stale: no message for {stale:g} s", abort=True)
-                return
+                    late = await self.ws.get_message()
+                if late is None:
+                    self._die(f"stale: no message for {stale:g} s", abort=True)
+                    return
+                self.source.set_state(self.slot, SUBSCRIBED if self._acked else SUBSCRIBING)
+                # Outside the deadline: waiting for room downstream is not silence, and a
+                # cancelled wait would lose the message.
+                await self._received(late)
         except ConnectionClosed as exc:
             self._closed(exc.reason)
 

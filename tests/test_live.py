@@ -208,6 +208,35 @@ async def test_stall_is_detected_by_the_stale_timeout(autojump_clock: object) ->
     assert log.clients[1].received[0] == log.clients[0].received[0]  # resubscribed
 
 
+async def test_a_message_after_a_quiet_spell_waits_for_room_and_is_kept(
+    autojump_clock: object,
+) -> None:
+    """Quiet for 7 s (the warning comes at 6 s of a 9 s stale timeout), then one bar while the
+    pipeline takes nothing: waiting for room is not silence, and the bar is not lost."""
+    bar = json.dumps({"s": "AAPL", "t": T0, "o": 1, "h": 1, "l": 1, "c": 1, "v": 1})
+
+    async def quiet_then_one_bar(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        await ws.get_message()  # the subscription
+        await trio.sleep(7)
+        await ws.send_message(bar)
+        await trio.sleep_forever()
+
+    live: dict[str, Any] = {"stale_timeout": 9.0, "ping_interval": 1e3, "heartbeat_interval": 1e3}
+    metrics = SourceMetrics()
+    async with trio.open_nursery() as nursery:
+        ws_server = await nursery.start(serve_websocket, quiet_then_one_bar, "127.0.0.1", 0, None)
+        send, receive = trio.open_memory_channel[SourceEvent](0)
+        nursery.start_soon(live_source, settings(ws_server.port, **live), send, metrics)
+        events = [await receive.receive() for _ in range(2)]  # connected, subscription sent
+        await trio.sleep(20)  # nobody reads: the bar waits for room past the stale deadline
+        events.append(await receive.receive())
+        nursery.cancel_scope.cancel()
+    assert isinstance(events[2], Received)
+    assert events[2].text == bar
+    assert metrics.connects == 1
+
+
 async def test_stall_is_detected_by_the_ping_timeout(autojump_clock: object) -> None:
     live: dict[str, Any] = {"ping_interval": 2.0, "ping_timeout": 3.0, "heartbeat_interval": 1e3}
     async with server(stall_after=5.0) as (port, _), running(settings(port, **live)) as run:
