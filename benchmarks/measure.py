@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -21,13 +22,13 @@ import trio
 from confluent_kafka import Producer
 
 from finazon_trio.events import Message, Outgoing, Received
-from finazon_trio.message_log import decode, encode_batch, read_lines
 from finazon_trio.metrics import Metrics, TickerBoard, TransformMetrics
 from finazon_trio.pipeline import run_pipeline
 from finazon_trio.publisher import producer_config
 from finazon_trio.recording import iter_entries, read_header
 from finazon_trio.replay import replay_source
 from finazon_trio.settings import KafkaSettings, Output, Settings
+from finazon_trio.spool import WRITE_BATCH, SegmentWriter, read_back
 from finazon_trio.transform import Transformer
 
 Result = dict[str, Any]
@@ -63,24 +64,29 @@ def transform(recording: str) -> Result:
 
 def spool(recording: str, directory: str) -> Result:
     """What the spool adds to each message of a live backlog: the transform's batches (one a
-    frame) written to a segment file and read back, as :mod:`finazon_trio.spool` does; no
-    Kafka, no trio."""
+    frame) written to segment files and read back by the spool's own writer and reader, in
+    writes of :data:`~finazon_trio.spool.WRITE_BATCH` messages; no Kafka, no trio."""
     path = Path(recording)
     transformer = Transformer(Output(), read_header(path).subscription(), TransformMetrics())
     frames = received_frames(path)
-    batches = [Outgoing(t_ns, transformer.on_frame(t_ns, text)) for t_ns, text in frames]
-    segment = Path(directory) / "segment-00000001.jsonl"
+    made = [(t_ns, transformer.on_frame(t_ns, text)) for t_ns, text in frames]
+    batches = [Outgoing(t_ns, messages) for t_ns, messages in made if messages]
+    per_write = max(1, WRITE_BATCH // len(batches[0].messages))  # frames per write
+    writer = SegmentWriter(Path(directory) / "spool")
+    written: dict[Path, int] = {}
     start, cpu = time.perf_counter(), time.process_time()
-    with open(segment, "wb") as file:
-        for batch in batches:
-            if batch.messages:
-                file.write(encode_batch(batch))
-    offset, end, messages = 0, segment.stat().st_size, 0
-    while offset < end:
-        lines, offset = read_lines(segment, offset, end)
-        messages += sum(len(decode(line).messages) for line in lines)
+    for i in range(0, len(batches), per_write):
+        segment, size, _ = writer.append(batches[i : i + per_write])
+        written[segment] = size
+    writer.close()
+    messages = 0
+    for segment, end in written.items():
+        offset = 0
+        while offset < end:
+            chunk, offset = read_back(segment, offset, end)
+            messages += sum(len(outgoing.messages) for outgoing, _ in chunk)
     result = _rates(len(frames), messages, start, cpu)
-    segment.unlink()
+    shutil.rmtree(writer.directory)
     return result
 
 

@@ -96,7 +96,7 @@ class Spool:
         self._pending_messages = 0
         self._writing = False
         self._segments: deque[_Segment] = deque()
-        self._writer = _SegmentWriter(directory)
+        self._writer = SegmentWriter(directory)
         self._disk = trio.Lock()
         self._changed = trio.Event()
         self._spooling = False
@@ -214,7 +214,7 @@ class Spool:
                         await self._release()
                     continue
                 chunk, segment.read = await trio.to_thread.run_sync(
-                    _read_back, segment.path, segment.read, segment.written
+                    read_back, segment.path, segment.read, segment.written
                 )
                 for outgoing, offset in chunk:
                     await send.send(outgoing)
@@ -312,7 +312,7 @@ class Spool:
         self._notify()
 
 
-class _SegmentWriter:
+class SegmentWriter:
     """Appends batches to the current segment file; used from one worker thread at a time."""
 
     def __init__(self, directory: Path) -> None:
@@ -348,7 +348,7 @@ class _SegmentWriter:
             self._file = None
 
 
-def _read_back(path: Path, offset: int, end: int) -> tuple[list[tuple[Outgoing, int]], int]:
+def read_back(path: Path, offset: int, end: int) -> tuple[list[tuple[Outgoing, int]], int]:
     """The ``Outgoing`` batches of ``path`` from ``offset`` (about a chunk's worth, one a line),
     each with the offset after its line; and the offset reached."""
     lines, reached = read_lines(path, offset, end)
