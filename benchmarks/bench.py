@@ -14,7 +14,10 @@ by default, or the embedded Tansu broker). Each measurement runs in a fresh proc
 4. replay: the pipeline (``run_pipeline`` with the replay source, in-process, as ``finazon-trio
    replay --speed max`` runs it) over the same recording, until every message is acknowledged;
    limit and replay alternate, so that each ratio compares runs made under the same load.
-5. live: the live pipeline against ``finazon-trio serve`` (a separate process) offering
+5. replay, precomputed: the replay with every frame's messages computed beforehand, in the same
+   rotation: what the pipeline costs without the transform, so the gap to the limit splits
+   into the transform's part and the rest.
+6. live: the live pipeline against ``finazon-trio serve`` (a separate process) offering
    tickers x speed frames per second, at each ``--live-rates`` rate for ``--live-seconds``.
 
 A table goes to stdout and everything to a JSON file. Targets are printed as PASS/MISS lines.
@@ -47,7 +50,7 @@ from finazon_trio.publisher import producer_config
 from finazon_trio.settings import KafkaSettings
 from finazon_trio.synthetic import generate_recording
 
-from .report import print_report, sustained, targets
+from .report import print_report, replay_split, sustained, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     kept = [rate["offered_per_s"] for rate in report["live"] if sustained(rate)]
     report["live_highest_sustained"] = max(kept, default=None)
+    report["replay_split"] = replay_split(report)
     report["targets"] = targets(report)
     print_report(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -115,22 +119,23 @@ def main(argv: list[str] | None = None) -> int:
 def _limit_and_replay(
     repeat: int, recording: str, bootstrap: str, config: list[list[str]]
 ) -> dict[str, Any]:
-    """The limit and the replay, alternately, so that each pair of runs shares the load."""
-    runs: dict[str, list[dict[str, Any]]] = {"limit": [], "replay": []}
+    """The limit, the replay and the replay of precomputed messages, in turn, so that the runs
+    of each round share the load."""
+    runs: dict[str, list[dict[str, Any]]] = {"limit": [], "replay": [], "replay_precomputed": []}
     for i in range(repeat):
         for kind in runs:
             with _topics(bootstrap, f"{kind}-{i}") as topics:
                 arguments: dict[str, Any] = {"bootstrap": bootstrap, "config": config}
                 runs[kind].append(_measure(kind, recording=recording, topics=topics, **arguments))
-    limit, replay = _summary(runs["limit"]), _summary(runs["replay"])
-    replay["pair_ratios"] = [
-        r["messages_per_s"] / lim["messages_per_s"]
-        for r, lim in zip(runs["replay"], runs["limit"], strict=True)
-    ]
-    replay["ratio_to_limit"] = (
-        replay["median"]["messages_per_s"] / limit["median"]["messages_per_s"]
-    )
-    return {"limit": limit, "replay": replay}
+    results = {kind: _summary(kind_runs) for kind, kind_runs in runs.items()}
+    limit = results["limit"]["median"]["messages_per_s"]
+    for kind in ("replay", "replay_precomputed"):
+        results[kind]["pair_ratios"] = [
+            r["messages_per_s"] / lim["messages_per_s"]
+            for r, lim in zip(runs[kind], runs["limit"], strict=True)
+        ]
+        results[kind]["ratio_to_limit"] = results[kind]["median"]["messages_per_s"] / limit
+    return results
 
 
 def _parser() -> argparse.ArgumentParser:

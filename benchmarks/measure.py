@@ -13,6 +13,7 @@ import logging
 import shutil
 import sys
 import time
+import unittest.mock
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import orjson
 import trio
 from confluent_kafka import Producer
 
+from finazon_trio import pipeline
 from finazon_trio.events import Message, Outgoing, Received
 from finazon_trio.metrics import Metrics, TickerBoard, TransformMetrics
 from finazon_trio.pipeline import run_pipeline
@@ -147,6 +149,24 @@ def replay(recording: str, bootstrap: str, topics: list[str], config: list[list[
     }
 
 
+def replay_precomputed(
+    recording: str, bootstrap: str, topics: list[str], config: list[list[str]]
+) -> Result:
+    """:func:`replay` with the transform's output computed beforehand: the pipeline's cost
+    without the transform's, so that the gap between replay and limit can be split in two."""
+    path = Path(recording)
+    made = Transformer(output(topics), read_header(path).subscription(), TransformMetrics())
+    ready = iter([made.on_frame(t_ns, text) for t_ns, text in received_frames(path)])
+
+    class Precomputed(Transformer):
+        def on_frame(self, t_ns: int, text: str) -> list[Message]:
+            return next(ready)
+
+    # This process runs one measurement, so the substitution ends with it.
+    with unittest.mock.patch.object(pipeline, "Transformer", Precomputed):
+        return replay(recording, bootstrap, topics, config)
+
+
 def _rates(frames: int, messages: int, start: float, cpu_start: float) -> Result:
     """Throughput since ``start`` (``time.perf_counter``), and the CPU time this process (every
     thread, librdkafka's included) spent per message since ``cpu_start``: a figure that
@@ -174,6 +194,7 @@ KINDS: dict[str, Callable[..., Result]] = {
     "spool": spool,
     "limit": limit,
     "replay": replay,
+    "replay_precomputed": replay_precomputed,
     "live": _live,
 }
 

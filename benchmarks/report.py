@@ -61,6 +61,23 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def replay_split(report: dict[str, Any]) -> dict[str, float]:
+    """The replay's wall time per message (us), split into the limit's, the rest of the
+    pipeline's (precomputed replay minus limit) and the transform's (replay minus precomputed
+    replay); ``transform_allowed_us`` is what the transform may cost at :data:`REPLAY_TARGET`."""
+    us = {
+        kind: 1e6 / report[kind]["median"]["messages_per_s"]
+        for kind in ("limit", "replay", "replay_precomputed")
+    }
+    return {
+        "replay_us": us["replay"],
+        "limit_us": us["limit"],
+        "rest_us": us["replay_precomputed"] - us["limit"],
+        "transform_us": us["replay"] - us["replay_precomputed"],
+        "transform_allowed_us": us["limit"] / REPLAY_TARGET - us["replay_precomputed"],
+    }
+
+
 def print_report(report: dict[str, Any]) -> None:
     """The table on stdout."""
     m, s = report["machine"], report["settings"]
@@ -72,7 +89,7 @@ def print_report(report: dict[str, Any]) -> None:
     )
     during = [
         r["load_average"]
-        for key in ("transform", "spool", "limit", "replay")
+        for key in ("transform", "spool", "limit", "replay", "replay_precomputed")
         for r in report[key]["runs"]
     ]
     during += [r["load_average"] for rate in report["live"] for r in rate["runs"]]
@@ -97,6 +114,7 @@ def print_report(report: dict[str, Any]) -> None:
         ("spool round trip", "spool"),
         ("limit (bare producer)", "limit"),
         ("replay (pipeline)", "replay"),
+        ("replay, precomputed", "replay_precomputed"),
     ):
         med = report[key]["median"]
         frames = f"{med['frames_per_s']:,.0f}"
@@ -104,6 +122,13 @@ def print_report(report: dict[str, Any]) -> None:
         runs = ", ".join(f"{r['messages_per_s']:,.0f}" for r in report[key]["runs"])
         cpu = f"{med['cpu_us_per_message']:.2f}"
         print(f"{name:24}{frames:>10}{med['messages_per_s']:>12,.0f}{ratio:>9}{cpu:>12}  {runs}")
+    split = replay_split(report)
+    print(
+        f"replay's wall time a message: {split['replay_us']:.2f} us = limit "
+        f"{split['limit_us']:.2f} + rest of the pipeline {split['rest_us']:+.2f} + transform "
+        f"{split['transform_us']:.2f}; {REPLAY_TARGET} x limit leaves the transform "
+        f"{split['transform_allowed_us']:.2f} us"
+    )
 
     print(
         f"\nlive: {s['live_tickers']} tickers, {s['live_seconds']:g} s per run after "

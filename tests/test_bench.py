@@ -26,12 +26,18 @@ def test_the_benchmark_runs_and_writes_its_report(
     assert report["broker"]["kind"] == "embedded"
     assert report["settings"]["kafka_config"] == {"linger.ms": "5"}
     messages = 120 * 91  # 2 tickers x 60 s, 90 price ticks and a volume message each
-    for kind in ("transform", "spool", "limit", "replay"):
+    for kind in ("transform", "spool", "limit", "replay", "replay_precomputed"):
         (run,) = report[kind]["runs"]
         assert run["messages"] == messages, kind
         assert report[kind]["median"]["messages_per_s"] == run["messages_per_s"]
     assert report["replay"]["runs"][0]["ok"] is True
     assert report["replay"]["ratio_to_limit"] == report["replay"]["pair_ratios"][0]
+    assert report["replay_precomputed"]["runs"][0]["ok"] is True
+    kinds = ("limit", "replay", "replay_precomputed")
+    us = {kind: 1e6 / report[kind]["median"]["messages_per_s"] for kind in kinds}
+    split = report["replay_split"]
+    assert split["limit_us"] == pytest.approx(us["limit"])
+    assert split["transform_us"] == pytest.approx(us["replay"] - us["replay_precomputed"])
     (live,) = report["live"]
     assert (live["offered_per_s"], live["speed"]) == (50, 10)
     assert set(live["runs"][0]) >= {"received_per_s", "latency_p99_ms", "peak_rss_mb"}
@@ -40,5 +46,7 @@ def test_the_benchmark_runs_and_writes_its_report(
     out = capsys.readouterr().out
     assert "limit (bare producer)" in out
     assert "spool round trip" in out
+    assert "replay, precomputed" in out
+    assert "leaves the transform" in out
     assert "replay >= 0.6 x limit" in out
     assert str(path) in out
