@@ -146,6 +146,7 @@ def replay(recording: str, bootstrap: str, topics: list[str], config: list[list[
         "ok": result.ok,
         "failed": result.failed,
         "backpressure_waits": pub.backpressure_waits,
+        "bars_transformed": metrics.transform.bars,
     }
 
 

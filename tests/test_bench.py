@@ -32,6 +32,9 @@ def test_the_benchmark_runs_and_writes_its_report(
         assert report[kind]["median"]["messages_per_s"] == run["messages_per_s"]
     assert report["replay"]["runs"][0]["ok"] is True
     assert report["replay"]["ratio_to_limit"] == report["replay"]["pair_ratios"][0]
+    assert report["replay"]["runs"][0]["bars_transformed"] == 120
+    # the precomputed replay really skips the transform (and delivers as many messages: above)
+    assert report["replay_precomputed"]["runs"][0]["bars_transformed"] == 0
     assert report["replay_precomputed"]["runs"][0]["ok"] is True
     kinds = ("limit", "replay", "replay_precomputed")
     us = {kind: 1e6 / report[kind]["median"]["messages_per_s"] for kind in kinds}
