@@ -163,7 +163,7 @@ def replay_precomputed(
         def on_frame(self, t_ns: int, text: str) -> list[Message]:
             return next(ready)
 
-    # This process runs one measurement, so the substitution ends with it.
+    # Only this measurement's own process sees the substitute, and only inside this block.
     with unittest.mock.patch.object(pipeline, "Transformer", Precomputed):
         return replay(recording, bootstrap, topics, config)
 
