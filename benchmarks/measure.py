@@ -41,6 +41,12 @@ def received_frames(recording: Path) -> list[tuple[int, str]]:
     return [(e.t_ns, e.text) for e in iter_entries(recording) if isinstance(e, Received)]
 
 
+def frame_messages(recording: Path, out: Output) -> list[tuple[int, list[Message]]]:
+    """``(t_ns, messages)`` of every frame the recording received, as the transform makes them."""
+    transformer = Transformer(out, read_header(recording).subscription(), TransformMetrics())
+    return [(t_ns, transformer.on_frame(t_ns, text)) for t_ns, text in received_frames(recording)]
+
+
 def output(topics: list[str]) -> Output:
     return Output(price_ticks_topic=topics[0], volume_stream_topic=topics[1])
 
@@ -68,10 +74,7 @@ def spool(recording: str, directory: str) -> Result:
     """What the spool adds to each message of a live backlog: the transform's batches (one a
     frame) written to segment files and read back by the spool's own writer and reader, in
     writes of :data:`~finazon_trio.spool.WRITE_BATCH` messages; no Kafka, no trio."""
-    path = Path(recording)
-    transformer = Transformer(Output(), read_header(path).subscription(), TransformMetrics())
-    frames = received_frames(path)
-    made = [(t_ns, transformer.on_frame(t_ns, text)) for t_ns, text in frames]
+    made = frame_messages(Path(recording), Output())
     batches = [Outgoing(t_ns, messages) for t_ns, messages in made if messages]
     per_write = max(1, WRITE_BATCH // len(batches[0].messages))  # frames per write
     writer = SegmentWriter(Path(directory) / "spool")
@@ -87,7 +90,7 @@ def spool(recording: str, directory: str) -> Result:
         while offset < end:
             chunk, offset = read_back(segment, offset, end)
             messages += sum(len(outgoing.messages) for outgoing, _ in chunk)
-    result = _rates(len(frames), messages, start, cpu)
+    result = _rates(len(made), messages, start, cpu)
     shutil.rmtree(writer.directory)
     return result
 
@@ -95,12 +98,8 @@ def spool(recording: str, directory: str) -> Result:
 def limit(recording: str, bootstrap: str, topics: list[str], config: list[list[str]]) -> Result:
     """The Kafka client alone: the replay's messages, encoded beforehand, produced flat out by a
     bare producer with the project's settings, then flushed."""
-    path = Path(recording)
-    transformer = Transformer(output(topics), read_header(path).subscription(), TransformMetrics())
-    frames = received_frames(path)
-    messages: list[Message] = []
-    for t_ns, text in frames:
-        messages += transformer.on_frame(t_ns, text)
+    made = frame_messages(Path(recording), output(topics))
+    messages = [message for _, frame in made for message in frame]
     producer = Producer(producer_config(kafka_settings(bootstrap, config), bootstrap))
     for topic in topics:  # metadata and connections first, as the pipeline has them at start
         producer.list_topics(topic, timeout=30)
@@ -117,7 +116,7 @@ def limit(recording: str, bootstrap: str, topics: list[str], config: list[list[s
             except BufferError:
                 poll(0.005)
     unflushed = producer.flush(60)
-    return {**_rates(len(frames), len(messages), start, cpu), "unflushed": unflushed}
+    return {**_rates(len(made), len(messages), start, cpu), "unflushed": unflushed}
 
 
 def replay(recording: str, bootstrap: str, topics: list[str], config: list[list[str]]) -> Result:
@@ -155,9 +154,7 @@ def replay_precomputed(
 ) -> Result:
     """:func:`replay` with the transform's output computed beforehand: the pipeline's cost
     without the transform's, so that the gap between replay and limit can be split in two."""
-    path = Path(recording)
-    made = Transformer(output(topics), read_header(path).subscription(), TransformMetrics())
-    ready = iter([made.on_frame(t_ns, text) for t_ns, text in received_frames(path)])
+    ready = (messages for _, messages in frame_messages(Path(recording), output(topics)))
 
     class Precomputed(Transformer):
         def on_frame(self, t_ns: int, text: str) -> list[Message]:

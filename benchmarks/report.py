@@ -122,7 +122,7 @@ def print_report(report: dict[str, Any]) -> None:
         runs = ", ".join(f"{r['messages_per_s']:,.0f}" for r in report[key]["runs"])
         cpu = f"{med['cpu_us_per_message']:.2f}"
         print(f"{name:24}{frames:>10}{med['messages_per_s']:>12,.0f}{ratio:>9}{cpu:>12}  {runs}")
-    split = replay_split(report)
+    split = report["replay_split"]
     print(
         f"replay's wall time a message: {split['replay_us']:.2f} us = limit "
         f"{split['limit_us']:.2f} + rest of the pipeline {split['rest_us']:+.2f} + transform "
