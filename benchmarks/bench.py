@@ -45,10 +45,10 @@ import orjson
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from finazon_trio.broker import EmbeddedBroker, broker_binary
-from finazon_trio.publisher import producer_config
+from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import KafkaSettings
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.sink.broker import EmbeddedBroker, broker_binary
+from finazon_trio.sink.publisher import producer_config
 
 from .report import print_report, replay_split, sustained, targets
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import trio
 
-from finazon_trio.live import live_source
-from finazon_trio.metrics import Metrics
+from finazon_trio.observe.metrics import Metrics
+from finazon_trio.observe.stats import latency_quantiles
 from finazon_trio.pipeline import run_pipeline
-from finazon_trio.publisher import LATENCY_BUCKETS_MS
 from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
-from finazon_trio.stats import latency_quantiles
+from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
+from finazon_trio.source.live import live_source
 
 #: Seconds between samples of the backlog and memory.
 SAMPLE_INTERVAL = 0.5

@@ -24,14 +24,14 @@ from confluent_kafka import Producer
 
 from finazon_trio import pipeline
 from finazon_trio.events import Message, Outgoing, Received
-from finazon_trio.metrics import Metrics, TickerBoard, TransformMetrics
+from finazon_trio.observe.metrics import Metrics, TickerBoard, TransformMetrics
 from finazon_trio.pipeline import run_pipeline
-from finazon_trio.publisher import producer_config
 from finazon_trio.recording import iter_entries, read_header
-from finazon_trio.replay import replay_source
 from finazon_trio.settings import KafkaSettings, Output, Settings
-from finazon_trio.spool import WRITE_BATCH, SegmentWriter, read_back
-from finazon_trio.transform import Transformer
+from finazon_trio.sink.publisher import producer_config
+from finazon_trio.sink.spool import WRITE_BATCH, SegmentWriter, read_back
+from finazon_trio.source.replay import replay_source
+from finazon_trio.transform.stage import Transformer
 
 Result = dict[str, Any]
 
@@ -73,7 +73,7 @@ def transform(recording: str) -> Result:
 def spool(recording: str, directory: str) -> Result:
     """What the spool adds to each message of a live backlog: the transform's batches (one a
     frame) written to segment files and read back by the spool's own writer and reader, in
-    writes of :data:`~finazon_trio.spool.WRITE_BATCH` messages; no Kafka, no trio."""
+    writes of :data:`~finazon_trio.sink.spool.WRITE_BATCH` messages; no Kafka, no trio."""
     made = frame_messages(Path(recording), Output())
     batches = [Outgoing(t_ns, messages) for t_ns, messages in made if messages]
     per_write = max(1, WRITE_BATCH // len(batches[0].messages))  # frames per write

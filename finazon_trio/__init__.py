@@ -1,7 +1,7 @@
 """Stream Finazon real-time market data into Apache Kafka, with trio."""
 
-from .api import FinazonMarketDataProducer
-from .settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
+from finazon_trio.api import FinazonMarketDataProducer
+from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
 
 __version__ = "0.1.0"
 

@@ -10,13 +10,11 @@ from pathlib import Path
 import attrs
 import trio
 
-from .errors import ConfigurationError
-from .live import live_source
-from .metrics import Metrics
-from .pipeline import RunResult, Source, run_pipeline
-from .recording import header_from_settings, read_header
-from .replay import replay_source
-from .settings import (
+from finazon_trio.errors import ConfigurationError
+from finazon_trio.observe.metrics import Metrics
+from finazon_trio.pipeline import RunResult, Source, run_pipeline
+from finazon_trio.recording import header_from_settings, read_header
+from finazon_trio.settings import (
     DEFAULT_DATASET,
     DEFAULT_PRICE_TICKS_TOPIC,
     DEFAULT_URL,
@@ -27,6 +25,8 @@ from .settings import (
     Settings,
     Subscription,
 )
+from finazon_trio.source.live import live_source
+from finazon_trio.source.replay import replay_source
 
 
 class FinazonMarketDataProducer:

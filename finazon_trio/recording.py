@@ -26,9 +26,9 @@ import attrs
 import orjson
 import trio
 
-from .errors import RecordingError
-from .events import Lifecycle, Received, Sent, SourceEvent
-from .settings import (
+from finazon_trio.errors import RecordingError
+from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
+from finazon_trio.settings import (
     DEFAULT_AGGREGATION,
     DEFAULT_CHANNEL,
     DEFAULT_DATASET,

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from finazon_trio.stats import quantile
+from finazon_trio.observe.stats import quantile
 
 PREFIX = "finazon_trio_"
 LATENCY = PREFIX + "receipt_to_ack_latency_seconds"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from finazon_trio.broker import EmbeddedBroker
+from finazon_trio.sink.broker import EmbeddedBroker
 
 from .kafka_helpers import ApacheKafka
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from finazon_trio.backoff import Backoff, RateLimiter
+from finazon_trio.source.backoff import Backoff, RateLimiter
 
 
 def delays(backoff: Backoff, count: int, healthy_for: float = 0.0) -> list[float | None]:

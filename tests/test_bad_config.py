@@ -20,9 +20,9 @@ import pytest
 import trio
 from trio_websocket import open_websocket_url
 
-from finazon_trio.cli import main
-from finazon_trio.protocol import ServerError, SubscriptionRefused, TickerError, classify
-from finazon_trio.server import DATASETS
+from finazon_trio.cli.main import main
+from finazon_trio.server.app import DATASETS
+from finazon_trio.source.protocol import ServerError, SubscriptionRefused, TickerError, classify
 
 from .conftest import BROKERS
 from .kafka_helpers import unique_topic

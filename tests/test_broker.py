@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from finazon_trio.broker import EmbeddedBroker, run_embedded_broker
 from finazon_trio.errors import KafkaError
-from finazon_trio.kafka_admin import wait_for_kafka
-from finazon_trio.publisher import producer_config
 from finazon_trio.settings import KafkaSettings
+from finazon_trio.sink.admin import wait_for_kafka
+from finazon_trio.sink.broker import EmbeddedBroker, run_embedded_broker
+from finazon_trio.sink.publisher import producer_config
 
 from .kafka_helpers import (
     ApacheKafka,

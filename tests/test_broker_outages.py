@@ -27,13 +27,13 @@ import attrs
 import pytest
 import trio
 
-from finazon_trio.live import live_source
-from finazon_trio.metrics import Metrics
+from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import header_from_settings, read_header
-from finazon_trio.replay import replay_source
+from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.source.live import live_source
+from finazon_trio.source.replay import replay_source
 
 from .contract import by_topic
 from .kafka_helpers import ApacheKafka, consume_all, create_topic, free_port, unique_topic

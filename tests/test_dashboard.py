@@ -15,9 +15,9 @@ import trio
 from rich.console import Console, RenderableType
 from rich.style import Style
 
-from finazon_trio.dashboard import Sampler, log_line, render, run_dashboard, summary
-from finazon_trio.metrics import Metrics
-from finazon_trio.publisher import LATENCY_BUCKETS_MS
+from finazon_trio.observe.dashboard import Sampler, log_line, render, run_dashboard, summary
+from finazon_trio.observe.metrics import Metrics
+from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 
 NOW = 1_731_162_665.0  # 2024-11-09 14:31:05 UTC
 MINUTE = int(NOW // 60 * 60)

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from finazon_trio import FinazonMarketDataProducer
-from finazon_trio.metrics import Metrics
+from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import run_pipeline
 from finazon_trio.recording import read_header
-from finazon_trio.replay import replay_source
+from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import KafkaSettings, Output, Settings
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.source.replay import replay_source
 
 from .contract import Expected, by_topic, expected_messages
 from .kafka_helpers import Record, consume_all, unique_topic

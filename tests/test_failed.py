@@ -18,9 +18,12 @@ from hypothesis import strategies as st
 
 from finazon_trio.errors import FinazonTrioError
 from finazon_trio.events import Message, Outgoing
-from finazon_trio.failed import FailedFile, left_behind, message_files, read_messages
-from finazon_trio.kafka_admin import ensure_topics
-from finazon_trio.message_log import (
+from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.server.synthetic import generate_recording
+from finazon_trio.settings import KafkaSettings, Output
+from finazon_trio.sink.admin import ensure_topics
+from finazon_trio.sink.failed import FailedFile, left_behind, message_files, read_messages
+from finazon_trio.sink.message_log import (
     MessageLogError,
     batches,
     decode,
@@ -28,10 +31,7 @@ from finazon_trio.message_log import (
     encode_batch,
     read_lines,
 )
-from finazon_trio.metrics import PublisherMetrics
-from finazon_trio.publisher import ABANDONED, Publisher, producer_config
-from finazon_trio.settings import KafkaSettings, Output
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.sink.publisher import ABANDONED, Publisher, producer_config
 
 from .contract import by_topic
 from .kafka_helpers import consume_all, create_topic, free_port, unique_topic

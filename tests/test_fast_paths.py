@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from finazon_trio.frames import _check_bar, parse_bar
-from finazon_trio.interpolation import DECIMALS, round_prices
+from finazon_trio.transform.frames import _check_bar, parse_bar
+from finazon_trio.transform.interpolation import DECIMALS, round_prices
 
 FAST_LIMIT = 2.0**51 / 10**DECIMALS  # where the fast path ends (about 22 million)
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from finazon_trio import frames
-from finazon_trio.frames import Bar, Protocol, Reject, parse_bar, parse_frame
+from finazon_trio.transform.frames import Bar, Protocol, Reject, parse_bar, parse_frame
 
 BAR: dict[str, Any] = {
     "d": "us_stocks_essential",

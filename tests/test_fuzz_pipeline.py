@@ -26,14 +26,14 @@ import trio
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from finazon_trio.broker import EmbeddedBroker
-from finazon_trio.frames import REASONS
-from finazon_trio.metrics import Metrics
+from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import RecordingHeader, encode_header
-from finazon_trio.replay import replay_source
+from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import KafkaSettings, Output, Settings, Subscription, VolumeFormat
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.sink.broker import EmbeddedBroker
+from finazon_trio.source.replay import replay_source
+from finazon_trio.transform.frames import REASONS
 
 from .conftest import EXTERNAL
 from .contract import Expected, by_topic, expected_messages, valid_bar
@@ -346,7 +346,7 @@ def test_any_recording_publishes_the_contract_or_counted_rejects(
         with trio.fail_after(STALL_TIMEOUT):  # a stalled pipeline fails here
             return await run_pipeline(settings, source, metrics, handle_signals=False)
 
-    replay_logger = logging.getLogger("finazon_trio.replay")
+    replay_logger = logging.getLogger("finazon_trio.source.replay")
     replay_logger.addHandler(logs)
     try:
         result = trio.run(run)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from finazon_trio.interpolation import (
+from finazon_trio.transform.interpolation import (
     extremes_path,
     linear_path,
     new_extremes,

@@ -15,15 +15,15 @@ import pytest
 import trio
 from trio_websocket import WebSocketRequest, serve_websocket
 
-from finazon_trio.backoff import RetriesExhaustedError
 from finazon_trio.errors import AuthenticationError, ConfigurationError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
-from finazon_trio.frames import Reject, parse_frame
-from finazon_trio.live import BACKING_OFF, STALE, SUBSCRIBED, live_source
-from finazon_trio.metrics import SourceMetrics
-from finazon_trio.protocol import MAX_EVENT_BYTES
-from finazon_trio.server import ServerConfig, ServerLog, serve
+from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.server.app import ServerConfig, ServerLog, serve
 from finazon_trio.settings import LiveSettings, Settings, Subscription
+from finazon_trio.source.backoff import RetriesExhaustedError
+from finazon_trio.source.live import BACKING_OFF, STALE, SUBSCRIBED, live_source
+from finazon_trio.source.protocol import MAX_EVENT_BYTES
+from finazon_trio.transform.frames import Reject, parse_frame
 
 KEY = "sekrit-api-key-4242"
 T0 = 1_731_080_000

@@ -21,13 +21,13 @@ import pytest
 import trio
 
 from finazon_trio.events import SourceEvent
-from finazon_trio.live import live_source
-from finazon_trio.metrics import Metrics
+from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import header_from_settings
-from finazon_trio.replay import replay_source
-from finazon_trio.server import ServerConfig, ServerLog, serve
+from finazon_trio.server.app import ServerConfig, ServerLog, serve
 from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
+from finazon_trio.source.live import live_source
+from finazon_trio.source.replay import replay_source
 
 from .contract import by_topic, valid_bar
 from .kafka_helpers import Record, consume_all, free_port, unique_topic

@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from finazon_trio.errors import ConfigurationError
-from finazon_trio.metrics import Metrics
-from finazon_trio.prometheus import REQUEST_TIMEOUT, serve_metrics
-from finazon_trio.publisher import LATENCY_BUCKETS_MS
+from finazon_trio.observe.metrics import Metrics
+from finazon_trio.observe.prometheus import REQUEST_TIMEOUT, serve_metrics
+from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 
 LOOPBACK = "127.0.0.1"
 

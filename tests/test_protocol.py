@@ -7,7 +7,8 @@ import json
 import pytest
 
 from finazon_trio.errors import ConfigurationError
-from finazon_trio.protocol import (
+from finazon_trio.settings import Subscription
+from finazon_trio.source.protocol import (
     MAX_EVENT_BYTES,
     Ack,
     AuthFailure,
@@ -25,7 +26,6 @@ from finazon_trio.protocol import (
     success_message,
     url_with_key,
 )
-from finazon_trio.settings import Subscription
 
 BAR = (
     '{"d":"us_stocks_essential","p":"finazon","ch":"bars","f":"1s","aggr":"1m","s":"AAPL",'

@@ -11,9 +11,9 @@ import trio.testing
 
 from finazon_trio.errors import RecordingError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
-from finazon_trio.metrics import SourceMetrics
+from finazon_trio.observe.metrics import SourceMetrics
 from finazon_trio.recording import RecordingHeader, write_recording
-from finazon_trio.replay import replay_source
+from finazon_trio.source.replay import replay_source
 
 HEADER = RecordingHeader(created_ns=0, url="wss://ws.finazon.io/v1", tickers=("AAPL",))
 S = 1_000_000_000
@@ -106,7 +106,7 @@ async def test_corrupt_lines_are_logged_counted_and_skipped(
     path.write_bytes(b"".join(lines))
     metrics = SourceMetrics()
 
-    with caplog.at_level(logging.WARNING, logger="finazon_trio.replay"):
+    with caplog.at_level(logging.WARNING, logger="finazon_trio.source.replay"):
         arrived = await replay(path, metrics)
 
     assert [event for _, event in arrived] == frames

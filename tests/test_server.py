@@ -18,10 +18,10 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from finazon_trio.frames import Bar, Reject, parse_frame
-from finazon_trio.protocol import MAX_EVENT_BYTES
-from finazon_trio.server import ServerConfig, ServerLog, serve
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.server.app import ServerConfig, ServerLog, serve
+from finazon_trio.server.synthetic import generate_recording
+from finazon_trio.source.protocol import MAX_EVENT_BYTES
+from finazon_trio.transform.frames import Bar, Reject, parse_frame
 
 KEY = "test-key-0123456789"
 T0 = 1_731_080_000

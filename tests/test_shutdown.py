@@ -29,8 +29,8 @@ from types import TracebackType
 
 import pytest
 
-from finazon_trio.broker import EmbeddedBroker
-from finazon_trio.synthetic import generate_recording
+from finazon_trio.server.synthetic import generate_recording
+from finazon_trio.sink.broker import EmbeddedBroker
 
 from .contract import by_topic, expected_messages
 from .kafka_helpers import consume_all, free_port, unique_topic

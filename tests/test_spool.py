@@ -14,9 +14,9 @@ import trio
 
 from finazon_trio import spool as spool_module
 from finazon_trio.events import Message, Outgoing
-from finazon_trio.failed import message_files, read_messages
-from finazon_trio.metrics import PublisherMetrics
-from finazon_trio.spool import Spool
+from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.sink.failed import message_files, read_messages
+from finazon_trio.sink.spool import Spool
 
 #: What the publisher's channel holds in these tests.
 BUFFER = 4

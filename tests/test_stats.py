@@ -7,8 +7,8 @@ import math
 import pytest
 import trio
 
-from finazon_trio.metrics import PRICE_TRAIL, Metrics
-from finazon_trio.stats import (
+from finazon_trio.observe.metrics import PRICE_TRAIL, Metrics
+from finazon_trio.observe.stats import (
     DASH,
     RateWindow,
     cumulative,

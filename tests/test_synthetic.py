@@ -13,7 +13,7 @@ import pytest
 from finazon_trio.errors import ConfigurationError
 from finazon_trio.events import Lifecycle, Received, Sent
 from finazon_trio.recording import Corrupt, iter_entries, read_header
-from finazon_trio.synthetic import SyntheticMarket, generate_recording
+from finazon_trio.server.synthetic import SyntheticMarket, generate_recording
 
 TICKERS = ["AAPL", "MSFT", "GOOGL", "AMZN", "TSLA"]
 START = 1_731_079_830  # 2024-11-08T15:30:30Z, mid-minute

@@ -11,9 +11,9 @@ import trio
 
 from finazon_trio import frames
 from finazon_trio.events import Lifecycle, Message, Outgoing, Received, Sent, SourceEvent
-from finazon_trio.metrics import TickerBoard, TransformMetrics
+from finazon_trio.observe.metrics import TickerBoard, TransformMetrics
 from finazon_trio.settings import Output, Subscription
-from finazon_trio.transform import (
+from finazon_trio.transform.stage import (
     BATCH_EVENTS,
     LOG_FIRST_REJECTS,
     LOG_REJECT_INTERVAL,
@@ -360,7 +360,7 @@ class FakeClock:
 def test_rejects_are_logged_at_a_limited_rate(caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()
     transformer = Transformer(Output(), Subscription(), TransformMetrics(), clock=clock)
-    caplog.set_level(logging.WARNING, logger="finazon_trio.transform")
+    caplog.set_level(logging.WARNING, logger="finazon_trio.transform.stage")
     for _ in range(LOG_FIRST_REJECTS + 3):
         transformer.on_frame(ns(E0), "garbage")
     transformer.on_frame(ns(E0), "[]")  # another reason has its own allowance
@@ -374,7 +374,7 @@ def test_rejects_are_logged_at_a_limited_rate(caplog: pytest.LogCaptureFixture) 
 
 def test_logged_frames_are_shortened(caplog: pytest.LogCaptureFixture) -> None:
     transformer, _ = make()
-    with caplog.at_level(logging.WARNING, logger="finazon_trio.transform"):
+    with caplog.at_level(logging.WARNING, logger="finazon_trio.transform.stage"):
         transformer.on_frame(ns(E0), "x" * 10_000)
     (record,) = caplog.records
     assert len(record.getMessage()) < 400

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from finazon_trio.events import Message
-from finazon_trio.frames import parse_frame
-from finazon_trio.metrics import TransformMetrics
+from finazon_trio.observe.metrics import TransformMetrics
 from finazon_trio.settings import Output, Subscription, interval_ms
-from finazon_trio.transform import Transformer
+from finazon_trio.transform.frames import parse_frame
+from finazon_trio.transform.stage import Transformer
 
 T0 = 1699540020
 FIELDS = ("s", "t", "o", "h", "l", "c", "v", "d", "p", "ch", "f", "aggr")

@@ -16,10 +16,12 @@ import attrs
 import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
-from .backoff import RateLimiter
-from .events import Lifecycle, Received, Sent, SourceEvent
-from .metrics import SourceMetrics
-from .protocol import (
+from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
+from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.recording import REDACTED, redact
+from finazon_trio.settings import LiveSettings
+from finazon_trio.source.backoff import RateLimiter
+from finazon_trio.source.protocol import (
     HEARTBEAT,
     Ack,
     AuthFailure,
@@ -31,10 +33,8 @@ from .protocol import (
     classify,
     is_auth_failure,
 )
-from .recording import REDACTED, redact
-from .settings import LiveSettings
 
-logger = logging.getLogger("finazon_trio.live")
+logger = logging.getLogger("finazon_trio.source.live")
 
 #: A connection quiet for this fraction of the stale timeout shows as ``stale``.
 STALE_WARNING = 2 / 3

@@ -5,7 +5,7 @@ connect to ``URL?apikey=KEY`` → subscribe → read until the connection dies (
 timeout, stale) → back off with full jitter → connect again. Every text frame sent and received
 goes downstream as a :class:`~finazon_trio.events.Sent` / :class:`~finazon_trio.events.Received`,
 framed by ``connected`` / ``disconnected`` lifecycle events. One open connection is a
-:class:`~finazon_trio.live_connection.Connection`. The policies (backoff, rate limit, message
+:class:`~finazon_trio.source.connection.Connection`. The policies (backoff, rate limit, message
 classification, chunking) are pure and live in :mod:`.backoff` and :mod:`.protocol`.
 """
 
@@ -26,10 +26,13 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from .backoff import Backoff, RetriesExhaustedError
-from .errors import AuthenticationError, ConfigurationError
-from .events import SourceEvent
-from .live_connection import (
+from finazon_trio.errors import AuthenticationError, ConfigurationError
+from finazon_trio.events import SourceEvent
+from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.recording import redact
+from finazon_trio.settings import Settings
+from finazon_trio.source.backoff import Backoff, RetriesExhaustedError
+from finazon_trio.source.connection import (
     BACKING_OFF,
     CONNECTING,
     FAILED,
@@ -40,10 +43,13 @@ from .live_connection import (
     Connection,
     Ended,
 )
-from .metrics import SourceMetrics
-from .protocol import event_messages, is_auth_failure, redact_url, split_tickers, url_with_key
-from .recording import redact
-from .settings import Settings
+from finazon_trio.source.protocol import (
+    event_messages,
+    is_auth_failure,
+    redact_url,
+    split_tickers,
+    url_with_key,
+)
 
 __all__ = [
     "BACKING_OFF",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import trio
 
-from .events import Lifecycle, Received, SourceEvent
-from .metrics import SourceMetrics
-from .recording import READ_CHUNK, Corrupt, RecordingHeader, iter_entries, read_header
+from finazon_trio.events import Lifecycle, Received, SourceEvent
+from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.recording import READ_CHUNK, Corrupt, RecordingHeader, iter_entries, read_header
 
 logger = logging.getLogger(__name__)
 

@@ -16,18 +16,15 @@ import trio
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
-from .broker import run_embedded_broker
-from .errors import ConfigurationError, FinazonTrioError
-from .failed import FailedFile
-from .live import live_source
-from .metrics import Metrics, PublisherMetrics
-from .pipeline import RunResult, Source, run_pipeline
-from .recording import RecordingHeader, header_from_settings, read_header
-from .replay import replay_source
-from .republish import republish
-from .server import ServerConfig, serve
-from .settings import (
+from finazon_trio import __version__
+from finazon_trio.errors import ConfigurationError, FinazonTrioError
+from finazon_trio.observe.metrics import Metrics, PublisherMetrics
+from finazon_trio.observe.summary import summary_table
+from finazon_trio.pipeline import RunResult, Source, run_pipeline
+from finazon_trio.recording import RecordingHeader, header_from_settings, read_header
+from finazon_trio.server.app import ServerConfig, serve
+from finazon_trio.server.synthetic import generate_recording
+from finazon_trio.settings import (
     DEFAULT_AGGREGATION,
     DEFAULT_DATASET,
     DEFAULT_FLUSH_TIMEOUT,
@@ -43,8 +40,11 @@ from .settings import (
     Subscription,
     default_spool_dir,
 )
-from .summary import summary_table
-from .synthetic import generate_recording
+from finazon_trio.sink.broker import run_embedded_broker
+from finazon_trio.sink.failed import FailedFile
+from finazon_trio.sink.republish import republish
+from finazon_trio.source.live import live_source
+from finazon_trio.source.replay import replay_source
 
 logger = logging.getLogger("finazon_trio")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from .events import Headers, Message, Outgoing
+from finazon_trio.events import Headers, Message, Outgoing
 
 #: Bytes read per call when reading a file back.
 READ_CHUNK = 1 << 20

@@ -19,10 +19,10 @@ from typing import Any
 import attrs
 import orjson
 
-from .errors import ConfigurationError
-from .events import Lifecycle, Received, Sent, SourceEvent
-from .recording import RecordingHeader, write_recording
-from .settings import (
+from finazon_trio.errors import ConfigurationError
+from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
+from finazon_trio.recording import RecordingHeader, write_recording
+from finazon_trio.settings import (
     DEFAULT_AGGREGATION,
     DEFAULT_CHANNEL,
     DEFAULT_DATASET,

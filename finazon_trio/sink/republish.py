@@ -14,13 +14,13 @@ from pathlib import Path
 import attrs
 import trio
 
-from .errors import ConfigurationError
-from .events import Outgoing
-from .failed import FailedFile, feed, message_files
-from .kafka_admin import wait_for_kafka
-from .metrics import PublisherMetrics
-from .publisher import Publisher, producer_config
-from .settings import KafkaSettings
+from finazon_trio.errors import ConfigurationError
+from finazon_trio.events import Outgoing
+from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.settings import KafkaSettings
+from finazon_trio.sink.admin import wait_for_kafka
+from finazon_trio.sink.failed import FailedFile, feed, message_files
+from finazon_trio.sink.publisher import Publisher, producer_config
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from .errors import FinazonTrioError
+from finazon_trio.errors import FinazonTrioError
 
 #: The ceiling of the first retry's delay (seconds): full jitter draws it from ``[0, 1)``.
 FIRST_RETRY = 1.0

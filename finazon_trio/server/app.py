@@ -45,16 +45,21 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from .backoff import RateLimiter
-from .protocol import (
+from finazon_trio.server.feeds import Feed, garbage_frame, load_feed
+from finazon_trio.settings import (
+    DEFAULT_AGGREGATION,
+    DEFAULT_CHANNEL,
+    DEFAULT_DATASET,
+    DEFAULT_FREQUENCY,
+)
+from finazon_trio.source.backoff import RateLimiter
+from finazon_trio.source.protocol import (
     MAX_EVENT_BYTES,
     error_message,
     heartbeat_reply,
     requested_tickers,
     success_message,
 )
-from .server_feeds import Feed, garbage_frame, load_feed
-from .settings import DEFAULT_AGGREGATION, DEFAULT_CHANNEL, DEFAULT_DATASET, DEFAULT_FREQUENCY
 
 logger = logging.getLogger(__name__)
 

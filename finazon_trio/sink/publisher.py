@@ -33,13 +33,13 @@ import confluent_kafka
 import trio
 from confluent_kafka import KafkaException, Producer
 
-from .errors import ConfigurationError, KafkaError
-from .events import Message, Outgoing
-from .failed import FailedFile
-from .kafka_admin import DOWN, UP, Config, endpoint_of, librdkafka_logger, reason
-from .metrics import PublisherMetrics
-from .ratelog import RateLimitedLog
-from .settings import KafkaSettings
+from finazon_trio.errors import ConfigurationError, KafkaError
+from finazon_trio.events import Message, Outgoing
+from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.observe.ratelog import RateLimitedLog
+from finazon_trio.settings import KafkaSettings
+from finazon_trio.sink.admin import DOWN, UP, Config, endpoint_of, librdkafka_logger, reason
+from finazon_trio.sink.failed import FailedFile
 
 logger = logging.getLogger(__name__)
 

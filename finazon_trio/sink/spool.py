@@ -39,11 +39,11 @@ from typing import BinaryIO
 import attrs
 import trio
 
-from .errors import FinazonTrioError
-from .events import Outgoing
-from .message_log import MessageLogError, decode, encode_batch, read_lines
-from .metrics import PublisherMetrics
-from .ratelog import RateLimitedLog
+from finazon_trio.errors import FinazonTrioError
+from finazon_trio.events import Outgoing
+from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.observe.ratelog import RateLimitedLog
+from finazon_trio.sink.message_log import MessageLogError, decode, encode_batch, read_lines
 
 logger = logging.getLogger(__name__)
 

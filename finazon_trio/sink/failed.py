@@ -16,9 +16,9 @@ from pathlib import Path
 
 import trio
 
-from .errors import FinazonTrioError
-from .events import Message, Outgoing
-from .message_log import MessageLogError, batches, decode, encode, iter_file
+from finazon_trio.errors import FinazonTrioError
+from finazon_trio.events import Message, Outgoing
+from finazon_trio.sink.message_log import MessageLogError, batches, decode, encode, iter_file
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,15 @@ import orjson
 import trio
 
 from finazon_trio.events import Message, Outgoing, Received, SourceEvent
-from finazon_trio.frames import STALE, Bar, Protocol, Reject, parse_frame
-from finazon_trio.interpolation import extremes_path, linear_path, new_extremes, tick_times
-from finazon_trio.metrics import TickerBoard, TransformMetrics
+from finazon_trio.observe.metrics import TickerBoard, TransformMetrics
 from finazon_trio.settings import Output, Subscription
+from finazon_trio.transform.frames import STALE, Bar, Protocol, Reject, parse_frame
+from finazon_trio.transform.interpolation import (
+    extremes_path,
+    linear_path,
+    new_extremes,
+    tick_times,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 import orjson
 
-from .errors import ConfigurationError
-from .recording import redact
-from .settings import Subscription
+from finazon_trio.errors import ConfigurationError
+from finazon_trio.recording import redact
+from finazon_trio.settings import Subscription
 
 #: Finazon's documented ceiling for one client event message, in bytes.
 MAX_EVENT_BYTES = 100_000

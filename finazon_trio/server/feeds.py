@@ -18,14 +18,14 @@ import attrs
 import orjson
 import trio
 
-from .errors import RecordingError
-from .events import Received
-from .recording import iter_entries
-from .settings import interval_ms
-from .synthetic import SyntheticMarket
+from finazon_trio.errors import RecordingError
+from finazon_trio.events import Received
+from finazon_trio.recording import iter_entries
+from finazon_trio.server.synthetic import SyntheticMarket
+from finazon_trio.settings import interval_ms
 
 if TYPE_CHECKING:
-    from .server import ServerConfig
+    from finazon_trio.server.app import ServerConfig
 
 #: Bars per ``{"ch": "bars", "data": [...]}`` message (keeps messages far below 1 MiB).
 WRAP_BATCH = 100

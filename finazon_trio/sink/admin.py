@@ -16,12 +16,12 @@ import trio
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .errors import ConfigurationError, KafkaError
-from .metrics import PublisherMetrics
+from finazon_trio.errors import ConfigurationError, KafkaError
+from finazon_trio.observe.metrics import PublisherMetrics
 
 logger = logging.getLogger(__name__)
 #: librdkafka's own log lines (connection failures, retries...), at their own levels.
-librdkafka_logger = logging.getLogger("finazon_trio.publisher.librdkafka")
+librdkafka_logger = logging.getLogger("finazon_trio.sink.publisher.librdkafka")
 
 Config: TypeAlias = dict[str, str | int | bool]
 

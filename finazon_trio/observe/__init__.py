@@ -1,0 +1,1 @@
+"""Observation: metrics, their statistics, the dashboard and the Prometheus exporter."""

@@ -1,0 +1,1 @@
+"""The Kafka side: publisher, topics, spool, failed-messages file, republish, embedded broker."""

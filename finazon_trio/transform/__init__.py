@@ -1,0 +1,1 @@
+"""The transform stage: bar frames in, price ticks and volume messages out."""
