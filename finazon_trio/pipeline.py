@@ -30,13 +30,14 @@ from finazon_trio.events import Outgoing, SourceEvent
 from finazon_trio.observe.dashboard import run_dashboard, run_log
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.observe.prometheus import serve_metrics
-from finazon_trio.recording import Recorder, RecordingHeader
+from finazon_trio.recording import RecordingHeader
 from finazon_trio.settings import Settings
 from finazon_trio.sink.admin import Config, ensure_topics, wait_for_kafka
 from finazon_trio.sink.broker import run_embedded_broker
 from finazon_trio.sink.failed import FailedFile, left_behind
 from finazon_trio.sink.publisher import Publisher, producer_config
 from finazon_trio.sink.spool import Spool
+from finazon_trio.source.recorder import Recorder
 from finazon_trio.transform.stage import Transformer, run_transform
 
 logger = logging.getLogger(__name__)

@@ -7,16 +7,14 @@ Line 1 is the header; each later line is a frame or a connection lifecycle event
     {"t_ns": ..., "conn": 1, "dir": "in", "text": "<the WebSocket text frame as received>"}
     {"t_ns": ..., "conn": 1, "event": "disconnected", "reason": "..."}
 
-The writer is the :class:`Recorder` pipeline stage (and :func:`write_recording` for tools); the
-reader is :func:`read_header` and :func:`iter_entries`. The API key never reaches a file: every
-text written goes through :func:`redact`.
+The writers are the recorder stage (:mod:`finazon_trio.source.recorder`) and
+:func:`write_recording`; the readers are :func:`read_header` and :func:`iter_entries`. The API key
+never reaches a file: every text written goes through :func:`~finazon_trio.redaction.redact`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import re
 import time
 from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
@@ -24,10 +22,10 @@ from typing import Any, BinaryIO, Literal, TypeVar
 
 import attrs
 import orjson
-import trio
 
 from finazon_trio.errors import RecordingError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
+from finazon_trio.redaction import redact
 from finazon_trio.settings import (
     DEFAULT_AGGREGATION,
     DEFAULT_CHANNEL,
@@ -41,36 +39,16 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "finazon-trio/recording"
 VERSION = 1
-#: The recorder writes what it buffered at least this often (seconds).
-FLUSH_INTERVAL = 1.0
-#: The final write on exit gives up after this long (seconds), so shutdown stays bounded.
-CLOSE_TIMEOUT = 5.0
-#: The recorder writes early once this much is buffered, so a slow disk cannot eat memory.
-MAX_BUFFERED_BYTES = 8 << 20
 #: The reader's chunk size.
 READ_CHUNK = 1 << 20
 #: Longer lines are reported as corrupt without being held in memory whole.
 MAX_LINE_BYTES = 16 << 20
 
-REDACTED = "***"
-#: What to do when the recording cannot be created.
-CREATE_HINT = "; choose a path (--record) in a directory that exists and can be written"
 _T = TypeVar("_T")
-_APIKEY = re.compile(r"(apikey=)[^&\s\"']*", re.IGNORECASE)
 _LIFECYCLE_EVENTS: dict[object, Literal["connected", "disconnected"]] = {
     "connected": "connected",
     "disconnected": "disconnected",
 }
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every ``apikey=...`` value and every literal secret replaced by ``***``."""
-    for secret in secrets:
-        if secret and secret in text:
-            text = text.replace(secret, REDACTED)
-    if "apikey=" in text.lower():  # cheap test first: almost no frame has one
-        text = _APIKEY.sub(r"\g<1>" + REDACTED, text)
-    return text
 
 
 def _str_tuple(values: Iterable[str]) -> tuple[str, ...]:
@@ -154,112 +132,11 @@ def write_recording(
                 file.write(encode_entry(event, secrets))
                 lines += 1
     except OSError as exc:
-        raise _write_error(path, exc) from exc
+        raise write_error(path, exc) from exc
     return lines
 
 
-class Recorder:
-    """The optional pipeline stage that writes every event to a recording and passes it on.
-
-    Lines are buffered in memory and written by a worker thread at least every
-    :data:`FLUSH_INTERVAL` seconds and on exit, so a crash loses at most the last second and
-    the file always ends with a whole line (unless the process dies inside a write).
-    """
-
-    def __init__(self, path: Path, header: RecordingHeader, secrets: Sequence[str] = ()) -> None:
-        self.path = path
-        self.header = header
-        self._secrets = tuple(secret for secret in secrets if secret)
-        self._buffer: list[bytes] = []
-        self._buffered_bytes = 0
-        self._lock = trio.Lock()  # one write at a time, in buffer order
-        #: Lines on disk so far, the header included.
-        self.lines_written = 0
-
-    async def run(
-        self,
-        receive: trio.MemoryReceiveChannel[SourceEvent],
-        send: trio.MemorySendChannel[SourceEvent],
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Record and forward events until ``receive`` ends; then write the rest and close.
-
-        Started with ``nursery.start``: the file is created and its header written first, so a
-        path that cannot be written fails there with :class:`RecordingError`. On cancellation
-        the buffered lines are still written, within :data:`CLOSE_TIMEOUT` seconds.
-        """
-        file = await trio.to_thread.run_sync(self._create)
-        self.lines_written = 1
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flush_periodically, file)
-                task_status.started()
-                async with receive, send:
-                    async for event in receive:
-                        line = encode_entry(event, self._secrets)
-                        self._buffer.append(line)
-                        self._buffered_bytes += len(line)
-                        if self._buffered_bytes >= MAX_BUFFERED_BYTES:
-                            await self._flush(file)
-                        await send.send(event)
-                nursery.cancel_scope.cancel()
-        finally:
-            with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
-                await self._flush(file, close=True)
-            if scope.cancelled_caught:
-                logger.error(
-                    "the recording %s was not closed within %ss: its last second may be missing",
-                    self.path,
-                    CLOSE_TIMEOUT,
-                )
-
-    def _create(self) -> BinaryIO:
-        try:
-            file = open(self.path, "wb")  # noqa: SIM115 (closed by run's final flush)
-        except OSError as exc:
-            raise _write_error(self.path, exc, CREATE_HINT) from exc
-        try:
-            file.write(encode_header(self.header, self._secrets))
-            file.flush()
-        except OSError as exc:
-            file.close()
-            raise _write_error(self.path, exc) from exc
-        return file
-
-    async def _flush_periodically(self, file: BinaryIO) -> None:
-        deadline = trio.current_time()
-        while True:
-            deadline += FLUSH_INTERVAL
-            await trio.sleep_until(deadline)
-            await self._flush(file)
-
-    async def _flush(self, file: BinaryIO, *, close: bool = False) -> None:
-        async with self._lock:
-            lines, self._buffer, self._buffered_bytes = self._buffer, [], 0
-            if not lines and not close:
-                return
-            # Only the final write may be abandoned (on timeout): nothing writes after it.
-            await trio.to_thread.run_sync(
-                _write, file, b"".join(lines), self.path, close, abandon_on_cancel=close
-            )
-            self.lines_written += len(lines)
-
-
-def _write(file: BinaryIO, data: bytes, path: Path, close: bool) -> None:
-    try:
-        file.write(data)
-        file.flush()
-        if close:
-            os.fsync(file.fileno())
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    finally:
-        if close:
-            file.close()
-
-
-def _write_error(path: Path, exc: OSError, hint: str = "") -> RecordingError:
+def write_error(path: Path, exc: OSError, hint: str = "") -> RecordingError:
     return RecordingError(f"cannot write the recording {path}: {exc.strerror or exc}{hint}")
 
 

@@ -150,7 +150,7 @@ def test_a_line_that_is_not_a_message_is_refused(line: bytes) -> None:
 
 
 def test_reading_back_stops_at_whole_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from finazon_trio import message_log
+    from finazon_trio.sink import message_log
 
     monkeypatch.setattr(message_log, "READ_CHUNK", 64)
     lines = [encode(("t", b"k", b"x" * n, n, None)) for n in (1, 200, 3, 4)]

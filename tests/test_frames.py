@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from finazon_trio import frames
+from finazon_trio.transform import frames
 from finazon_trio.transform.frames import Bar, Protocol, Reject, parse_bar, parse_frame
 
 BAR: dict[str, Any] = {

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from finazon_trio.errors import ConfigurationError
+from finazon_trio.redaction import redact
 from finazon_trio.settings import Subscription
 from finazon_trio.source.protocol import (
     MAX_EVENT_BYTES,
@@ -20,7 +21,6 @@ from finazon_trio.source.protocol import (
     error_message,
     event_messages,
     heartbeat_reply,
-    redact_url,
     requested_tickers,
     split_tickers,
     success_message,
@@ -188,7 +188,7 @@ def test_split_tickers(count: int, parts: int, sizes: list[int]) -> None:
 def test_url_with_key_and_its_redaction() -> None:
     url = url_with_key("wss://ws.finazon.io/v1?apikey=old&x=1", "k&y=z")
     assert url == "wss://ws.finazon.io/v1?x=1&apikey=k%26y%3Dz"
-    assert redact_url(url, "k&y=z") == "wss://ws.finazon.io/v1?x=1&apikey=***"
+    assert redact(url, ("k&y=z",)) == "wss://ws.finazon.io/v1?x=1&apikey=***"
     assert url_with_key("ws://127.0.0.1:8765/v1", "abc") == "ws://127.0.0.1:8765/v1?apikey=abc"
 
 

@@ -16,16 +16,16 @@ from finazon_trio.errors import RecordingError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
 from finazon_trio.recording import (
     Corrupt,
-    Recorder,
     RecordingHeader,
     encode_entry,
     header_from_settings,
     iter_entries,
     read_header,
-    redact,
     write_recording,
 )
+from finazon_trio.redaction import redact
 from finazon_trio.settings import LiveSettings, Settings, Subscription
+from finazon_trio.source.recorder import Recorder
 
 KEY = "fz_3b9Xq7LkP0secretKEY"
 HEADER = RecordingHeader(

@@ -12,9 +12,9 @@ import attrs
 import pytest
 import trio
 
-from finazon_trio import spool as spool_module
 from finazon_trio.events import Message, Outgoing
 from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.sink import spool as spool_module
 from finazon_trio.sink.failed import message_files, read_messages
 from finazon_trio.sink.spool import Spool
 

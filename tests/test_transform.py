@@ -9,10 +9,10 @@ import orjson
 import pytest
 import trio
 
-from finazon_trio import frames
 from finazon_trio.events import Lifecycle, Message, Outgoing, Received, Sent, SourceEvent
 from finazon_trio.observe.metrics import TickerBoard, TransformMetrics
 from finazon_trio.settings import Output, Subscription
+from finazon_trio.transform import frames
 from finazon_trio.transform.stage import (
     BATCH_EVENTS,
     LOG_FIRST_REJECTS,

@@ -50,7 +50,7 @@ from finazon_trio.observe.stats import (
     sparkline,
     state_name,
 )
-from finazon_trio.recording import redact
+from finazon_trio.redaction import redact
 from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 
 logger = logging.getLogger(__name__)

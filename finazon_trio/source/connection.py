@@ -18,7 +18,7 @@ from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
 from finazon_trio.observe.metrics import SourceMetrics
-from finazon_trio.recording import REDACTED, redact
+from finazon_trio.redaction import REDACTED
 from finazon_trio.settings import LiveSettings
 from finazon_trio.source.backoff import RateLimiter
 from finazon_trio.source.protocol import (
@@ -59,6 +59,8 @@ class Host(Protocol):
     endpoint: str
 
     def set_state(self, slot: int, state: str) -> None: ...
+
+    def redact(self, text: str) -> str: ...
 
 
 @attrs.frozen
@@ -142,14 +144,11 @@ class Connection:
             ):
                 await self._emit(Lifecycle(time.time_ns(), self.number, "disconnected", reason))
 
-    def _redact(self, text: str) -> str:
-        return redact(text, (self.source.key,))
-
     def _die(
         self, reason: str, *, abort: bool = False, auth: bool = False, refused: str = ""
     ) -> None:
         if self._reason is None:
-            self._reason = self._redact(reason)
+            self._reason = self.source.redact(reason)
             self.abort = abort
             self._auth = auth
             self._refusal = refused
@@ -230,10 +229,10 @@ class Connection:
                 "connection %d: Finazon refused ticker %s: %s",
                 self.number,
                 kind.ticker,
-                self._redact(kind.message),
+                self.source.redact(kind.message),
             )
             if kind.ticker in self.tickers:
-                self._refused[kind.ticker] = self._redact(kind.message)
+                self._refused[kind.ticker] = self.source.redact(kind.message)
             if not self._subscribed and self._refused.keys() >= self.tickers:
                 shown = "; ".join(f"{t}: {m}" for t, m in sorted(self._refused.items())[:5])
                 more = f" and {len(self._refused) - 5} more" if len(self._refused) > 5 else ""
@@ -250,10 +249,10 @@ class Connection:
             self._die(f"server error: {kind.message}", abort=True, auth=True)
         elif isinstance(kind, ServerError):
             logger.warning(
-                "connection %d: server error: %s", self.number, self._redact(kind.message)
+                "connection %d: server error: %s", self.number, self.source.redact(kind.message)
             )
         elif not isinstance(kind, HeartbeatReply):
-            logger.debug("connection %d: %s", self.number, self._redact(kind.message))
+            logger.debug("connection %d: %s", self.number, self.source.redact(kind.message))
 
     async def _send_event(self, text: str) -> None:
         """Send one client event within the rate limit, and emit it downstream first."""

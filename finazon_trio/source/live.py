@@ -11,12 +11,11 @@ classification, chunking) are pure and live in :mod:`.backoff` and :mod:`.protoc
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 from trio_websocket import (
@@ -29,7 +28,7 @@ from trio_websocket import (
 from finazon_trio.errors import AuthenticationError, ConfigurationError
 from finazon_trio.events import SourceEvent
 from finazon_trio.observe.metrics import SourceMetrics
-from finazon_trio.recording import redact
+from finazon_trio.redaction import redact, redacted_log
 from finazon_trio.settings import Settings
 from finazon_trio.source.backoff import Backoff, RetriesExhaustedError
 from finazon_trio.source.connection import (
@@ -46,7 +45,6 @@ from finazon_trio.source.connection import (
 from finazon_trio.source.protocol import (
     event_messages,
     is_auth_failure,
-    redact_url,
     split_tickers,
     url_with_key,
 )
@@ -112,7 +110,7 @@ async def live_source(
         source = _Source(settings, send, metrics, jitter, slots=len(groups))
         task_status.started()
         try:
-            with _redacted_log(WEBSOCKET_LOGGER, live.api_key):
+            with redacted_log(WEBSOCKET_LOGGER, live.api_key):
                 async with trio.open_nursery() as nursery:
                     for slot, tickers in enumerate(groups, 1):
                         nursery.start_soon(source.run_slot, slot, tickers, subscriptions[slot - 1])
@@ -120,29 +118,6 @@ async def live_source(
             raise group.exceptions[0] from None
         finally:
             source.stopped()
-
-
-class _RedactFilter(logging.Filter):
-    def __init__(self, secret: str) -> None:
-        super().__init__()
-        self.secret = secret
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if self.secret in message or "apikey=" in message:
-            record.msg, record.args = redact(message, (self.secret,)), ()
-        return True
-
-
-@contextlib.contextmanager
-def _redacted_log(name: str, secret: str) -> Iterator[None]:
-    """While the block runs, redact ``secret`` from what logger ``name`` logs."""
-    log, redacting = logging.getLogger(name), _RedactFilter(secret)
-    log.addFilter(redacting)
-    try:
-        yield
-    finally:
-        log.removeFilter(redacting)
 
 
 class _Source:
@@ -162,7 +137,7 @@ class _Source:
         self.metrics = metrics
         self.key = settings.live.api_key
         self.url = url_with_key(settings.live.url, self.key)
-        self.endpoint = redact_url(self.url, self.key)
+        self.endpoint = redact(self.url, (self.key,))
         self.numbers = itertools.count(1)
         self._jitter = jitter or random.random
         self._retry_at: dict[int, float] = {}

@@ -16,7 +16,6 @@ import attrs
 import orjson
 
 from finazon_trio.errors import ConfigurationError
-from finazon_trio.recording import redact
 from finazon_trio.settings import Subscription
 
 #: Finazon's documented ceiling for one client event message, in bytes.
@@ -235,11 +234,6 @@ def url_with_key(url: str, api_key: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "apikey"]
     query.append(("apikey", api_key))
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def redact_url(url: str, api_key: str) -> str:
-    """``url`` as it may be shown: the key replaced by ``***``."""
-    return redact(url, (api_key,))
 
 
 # The server side (``finazon-trio serve``): what a Finazon server answers.
