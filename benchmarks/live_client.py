@@ -17,11 +17,10 @@ from typing import Any
 
 import trio
 
-from finazon_trio.observe.metrics import Metrics
+from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, Metrics
 from finazon_trio.observe.stats import latency_quantiles
 from finazon_trio.pipeline import run_pipeline
 from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
-from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 from finazon_trio.source.live import live_source
 
 #: Seconds between samples of the backlog and memory.

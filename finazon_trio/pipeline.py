@@ -27,9 +27,9 @@ import trio
 
 from finazon_trio.errors import KafkaError
 from finazon_trio.events import Outgoing, SourceEvent
-from finazon_trio.observe.dashboard import run_dashboard, run_log
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.observe.prometheus import serve_metrics
+from finazon_trio.observe.refresh import run_dashboard, run_log
 from finazon_trio.recording import RecordingHeader
 from finazon_trio.settings import Settings
 from finazon_trio.sink.admin import Config, ensure_topics, wait_for_kafka

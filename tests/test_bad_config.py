@@ -21,7 +21,7 @@ import trio
 from trio_websocket import open_websocket_url
 
 from finazon_trio.cli.main import main
-from finazon_trio.server.app import DATASETS
+from finazon_trio.server.config import DATASETS
 from finazon_trio.source.protocol import ServerError, SubscriptionRefused, TickerError, classify
 
 from .conftest import BROKERS

@@ -18,7 +18,9 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from finazon_trio.errors import AuthenticationError, ConfigurationError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
 from finazon_trio.observe.metrics import SourceMetrics
-from finazon_trio.server.app import ServerConfig, ServerLog, serve
+from finazon_trio.server.app import serve
+from finazon_trio.server.config import ServerConfig
+from finazon_trio.server.session import ServerLog
 from finazon_trio.settings import LiveSettings, Settings, Subscription
 from finazon_trio.source.backoff import RetriesExhaustedError
 from finazon_trio.source.live import BACKING_OFF, STALE, SUBSCRIBED, live_source

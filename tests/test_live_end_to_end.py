@@ -24,7 +24,9 @@ from finazon_trio.events import SourceEvent
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import header_from_settings
-from finazon_trio.server.app import ServerConfig, ServerLog, serve
+from finazon_trio.server.app import serve
+from finazon_trio.server.config import ServerConfig
+from finazon_trio.server.session import ServerLog
 from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings, Subscription
 from finazon_trio.source.live import live_source
 from finazon_trio.source.replay import replay_source

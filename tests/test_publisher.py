@@ -11,11 +11,10 @@ from confluent_kafka.admin import AdminClient
 
 from finazon_trio.errors import ConfigurationError, KafkaError
 from finazon_trio.events import Headers, Message, Outgoing
-from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, PublisherMetrics
 from finazon_trio.settings import KafkaSettings
 from finazon_trio.sink.admin import Config, ensure_topics, wait_for_kafka
 from finazon_trio.sink.publisher import (
-    LATENCY_BUCKETS_MS,
     PRODUCER_DEFAULTS,
     Publisher,
     producer_config,

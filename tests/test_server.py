@@ -18,7 +18,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from finazon_trio.server.app import ServerConfig, ServerLog, serve
+from finazon_trio.server.app import serve
+from finazon_trio.server.config import ServerConfig
+from finazon_trio.server.session import ServerLog
 from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.source.protocol import MAX_EVENT_BYTES
 from finazon_trio.transform.frames import Bar, Reject, parse_frame

@@ -1,37 +1,29 @@
-"""The live dashboard: a pure function from a metrics snapshot to a rich renderable, and the trio
-task that redraws it on stderr a few times a second (stdout stays clean).
+"""The dashboard: a pure function from a metrics snapshot to a rich renderable (the trio task
+that redraws it is :mod:`.refresh`).
 
 :func:`render` reads only the snapshot (``Metrics.snapshot()`` plus the ``rates`` a
-:class:`Sampler` adds), with defaults for every field, so a missing field shows as ``–``.
+:class:`~.refresh.Sampler` adds), with defaults for every field, so a missing field shows as ``–``.
 Colours carry meaning: green healthy, cyan on the way, yellow backing off or stale, red failing.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import PurePath
 from typing import Any
 
-import trio
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.constrain import Constrain
-from rich.file_proxy import FileProxy
-from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from finazon_trio.observe.metrics import PRICE_TRAIL, Metrics, TickerRow
+from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, PRICE_TRAIL, TickerRow
 from finazon_trio.observe.stats import (
     DASH,
-    RateWindow,
     data_clock,
     event_lag,
     fmt_count,
@@ -45,23 +37,14 @@ from finazon_trio.observe.stats import (
     meter,
     part,
     queued,
-    rate_counters,
     run_mode,
     sparkline,
     state_name,
 )
 from finazon_trio.redaction import redact
-from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
-
-logger = logging.getLogger(__name__)
 
 Snapshot = Mapping[str, Any]
 
-#: Redraws per second, and seconds between log lines when there is no terminal.
-REFRESH_PER_SECOND = 4.0
-LOG_INTERVAL = 5.0
-#: Seconds of samples the rates average over (1 s updates arrive in bursts).
-RATE_WINDOW = 5.0
 #: Seconds of lag, or of silence from a ticker, that turn its figure yellow, then red.
 LAG_WARN, LAG_BAD = 2.0, 10.0
 AGE_WARN, AGE_BAD = 10.0, 60.0
@@ -102,72 +85,6 @@ _STATES = {
 }
 
 
-class Sampler:
-    """Takes snapshots for display: samples channel fill, then adds ``rates`` (per second)."""
-
-    def __init__(self, metrics: Metrics, window: float = RATE_WINDOW) -> None:
-        self._metrics = metrics
-        self._rates = RateWindow(window)
-
-    def take(self, now: float) -> dict[str, Any]:
-        """A snapshot with ``snap["rates"]``. Call on the trio thread."""
-        self._metrics.channels.sample()
-        snap = self._metrics.snapshot()
-        snap["rates"] = self._rates.update(now, rate_counters(snap))
-        return snap
-
-
-async def run_dashboard(
-    metrics: Metrics,
-    *,
-    refresh_per_second: float = REFRESH_PER_SECOND,
-    console: Console | None = None,
-) -> None:
-    """Redraw the dashboard on ``console`` (default: stderr) until cancelled.
-
-    The snapshot and the renderable are made on the trio thread; drawing them (rich's costly
-    part) happens in a worker thread, so the pipeline never waits for the terminal. Log lines
-    bound for the same terminal are printed above the display instead of through it.
-    Cancellation stops it between redraws and leaves the last frame on screen.
-    """
-    console = console if console is not None else Console(stderr=True)
-    sampler = Sampler(metrics)
-    live = Live(console=console, auto_refresh=False, redirect_stdout=False)
-    with _logs_above(console), live:
-        while True:
-            now = time.time()
-            frame = render(sampler.take(now), now, height=console.size.height)
-            await trio.to_thread.run_sync(functools.partial(live.update, frame, refresh=True))
-            await trio.sleep(1 / refresh_per_second)
-
-
-async def run_log(metrics: Metrics, *, interval: float = LOG_INTERVAL) -> None:
-    """Without a terminal: log :func:`log_line` every ``interval`` seconds until cancelled."""
-    sampler = Sampler(metrics)
-    while True:
-        await trio.sleep(interval)
-        now = time.time()
-        logger.info("%s", log_line(sampler.take(now), now))
-
-
-@contextmanager
-def _logs_above(console: Console) -> Iterator[None]:
-    """Point the root logger's handlers that write to the console's file through the console."""
-    proxy = FileProxy(console, console.file)
-    swapped = [
-        handler
-        for handler in logging.getLogger().handlers
-        if isinstance(handler, logging.StreamHandler) and handler.stream is console.file
-    ]
-    for handler in swapped:
-        handler.setStream(proxy)
-    try:
-        yield
-    finally:
-        for handler in swapped:
-            handler.setStream(proxy.rich_proxied_file)
-
-
 def render(snapshot: Snapshot, now: float, *, height: int | None = None) -> RenderableType:
     """The whole dashboard for one snapshot at Unix time ``now``; pure.
 
@@ -177,15 +94,6 @@ def render(snapshot: Snapshot, now: float, *, height: int | None = None) -> Rend
     max_rows = None if height is None else max(1, height - lines - TABLE_CHROME)
     board = _tickers(snapshot, data_clock(snapshot, now), max_rows)
     return Constrain(Group(*parts, board), MAX_WIDTH)
-
-
-def summary(snapshot: Snapshot, now: float) -> RenderableType:
-    """The end-of-run view: the dashboard's header and panels, rates averaged over the run."""
-    elapsed = now - snapshot.get("started_at", now)
-    counters = rate_counters(snapshot)
-    counters.pop("event_seconds", None)  # a clock, not a count: its start is not kept
-    averages = {k: v / elapsed for k, v in counters.items()} if elapsed > 0 else {}
-    return Constrain(Group(*_top({**snapshot, "rates": averages}, now)[0]), MAX_WIDTH)
 
 
 def _top(snap: Snapshot, now: float) -> tuple[list[RenderableType], int]:

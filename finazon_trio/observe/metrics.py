@@ -7,11 +7,16 @@ Each field has exactly one writer (the stage named in its section); readers take
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import Counter
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import attrs
+
+#: Upper bounds (ms) of the latency histogram buckets in :class:`PublisherMetrics`: four per
+#: doubling from 1 ms to about 55 s; the last bucket also holds everything slower.
+LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = tuple(2 ** (i / 4) for i in range(64))
 
 
 @attrs.define
@@ -92,12 +97,12 @@ class PublisherMetrics:
     failed_path: str = ""
     #: Produce → acknowledgement latency of each ``Outgoing`` (the time its last record was
     #: produced to the time Kafka had acknowledged as many records as were produced by then),
-    #: counts per bucket of ``publisher.LATENCY_BUCKETS_MS`` (``stats.latency_quantiles`` reads
+    #: counts per bucket of :data:`LATENCY_BUCKETS_MS` (``stats.latency_quantiles`` reads
     #: it).
-    ack_latency: list[int] = attrs.field(factory=lambda: [0] * 64)
+    ack_latency: list[int] = attrs.field(factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
     #: The same from the frame's receipt (``Outgoing.t_ns``): meaningful in live mode only,
     #: since a replay's receipt times are those of the recording.
-    receipt_latency: list[int] = attrs.field(factory=lambda: [0] * 64)
+    receipt_latency: list[int] = attrs.field(factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
 
 
 @attrs.define
@@ -204,3 +209,9 @@ class ChannelGauges:
         for name, channel in self._channels.items():
             stats = channel.statistics()
             self.fill[name] = (stats.current_buffer_used, stats.max_buffer_size)
+
+
+def latency_bucket(ns: int) -> int:
+    """The index in :data:`LATENCY_BUCKETS_MS` of a latency of ``ns`` nanoseconds."""
+    ms = ns / 1e6
+    return 0 if ms <= 1 else min(math.ceil(4 * math.log2(ms)), len(LATENCY_BUCKETS_MS) - 1)

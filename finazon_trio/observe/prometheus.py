@@ -29,10 +29,9 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from finazon_trio.errors import ConfigurationError
-from finazon_trio.observe.metrics import Metrics, TickerRow
+from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, Metrics, TickerRow
 from finazon_trio.observe.stats import cumulative, part, queued
 from finazon_trio.redaction import redact
-from finazon_trio.sink.publisher import LATENCY_BUCKETS_MS
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from finazon_trio.server.synthetic import SyntheticMarket
 from finazon_trio.settings import interval_ms
 
 if TYPE_CHECKING:
-    from finazon_trio.server.app import ServerConfig
+    from finazon_trio.server.config import ServerConfig
 
 #: Bars per ``{"ch": "bars", "data": [...]}`` message (keeps messages far below 1 MiB).
 WRAP_BATCH = 100

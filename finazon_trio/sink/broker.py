@@ -26,6 +26,8 @@ from finazon_trio.errors import KafkaError
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
+#: The port ``finazon-trio broker`` listens on (Kafka's usual one).
+DEFAULT_BROKER_PORT = 9092
 #: How long the broker may take to accept connections (it usually needs a few milliseconds).
 START_TIMEOUT = 10.0
 #: How long it may take to exit after SIGTERM before it is killed.

@@ -21,7 +21,6 @@ acknowledged it by the flush deadline. Either way it goes to the failed-messages
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -35,7 +34,7 @@ from confluent_kafka import KafkaException, Producer
 
 from finazon_trio.errors import ConfigurationError, KafkaError
 from finazon_trio.events import Message, Outgoing
-from finazon_trio.observe.metrics import PublisherMetrics
+from finazon_trio.observe.metrics import PublisherMetrics, latency_bucket
 from finazon_trio.observe.ratelog import RateLimitedLog
 from finazon_trio.settings import KafkaSettings
 from finazon_trio.sink.admin import DOWN, UP, Config, endpoint_of, librdkafka_logger, reason
@@ -78,9 +77,6 @@ ABANDONED = "not produced: the flush was abandoned"
 FAILURES_KEPT = 10_000
 #: At most one failure log line per this many seconds (with the count of those left out).
 FAILURE_LOG_INTERVAL = 5.0
-#: Upper bounds (ms) of the latency histogram buckets in :class:`PublisherMetrics`: four per
-#: doubling from 1 ms to about 55 s; the last bucket also holds everything slower.
-LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = tuple(2 ** (i / 4) for i in range(64))
 
 
 def producer_config(kafka: KafkaSettings, bootstrap: str) -> Config:
@@ -357,8 +353,8 @@ class Publisher:
             now = time.time_ns()
             while self._marks and self._marks[0][0] <= done:
                 _, received_ns, produced_ns = self._marks.popleft()
-                metrics.ack_latency[_bucket(now - produced_ns)] += 1
-                metrics.receipt_latency[_bucket(now - received_ns)] += 1
+                metrics.ack_latency[latency_bucket(now - produced_ns)] += 1
+                metrics.receipt_latency[latency_bucket(now - received_ns)] += 1
         waiter = self._space_waiter
         if token is not None and waiter is not None and queued <= waiter[0]:
             self._space_waiter = None
@@ -424,8 +420,3 @@ class _Reports:
             }
         i = self._index[report.topic(), report.key() or None, report.value() or None]
         self._publisher._undelivered(self._messages[i], error, (self._number, i))
-
-
-def _bucket(ns: int) -> int:
-    ms = ns / 1e6
-    return 0 if ms <= 1 else min(math.ceil(4 * math.log2(ms)), len(LATENCY_BUCKETS_MS) - 1)

@@ -1,0 +1,253 @@
+"""What each command does, given its parsed arguments; each returns the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+from rich.console import Console
+
+from finazon_trio.errors import ConfigurationError
+from finazon_trio.observe.metrics import Metrics, PublisherMetrics
+from finazon_trio.observe.summary import summary_table
+from finazon_trio.pipeline import RunResult, Source, run_pipeline
+from finazon_trio.recording import RecordingHeader, header_from_settings, read_header
+from finazon_trio.server.app import serve as serve_clients
+from finazon_trio.server.config import ServerConfig
+from finazon_trio.server.synthetic import generate_recording
+from finazon_trio.settings import (
+    KafkaSettings,
+    LiveSettings,
+    Output,
+    Settings,
+    Subscription,
+    default_spool_dir,
+)
+from finazon_trio.sink.broker import run_embedded_broker
+from finazon_trio.sink.failed import FailedFile
+from finazon_trio.sink.republish import republish as republish_files
+from finazon_trio.source.live import live_source
+from finazon_trio.source.replay import replay_source
+
+logger = logging.getLogger("finazon_trio")
+
+EXIT_FAILED = 1
+
+
+def _settings(
+    args: argparse.Namespace,
+    subscription: Subscription,
+    *,
+    live: LiveSettings | None = None,
+    record: Path | None = None,
+    speed: float | None = None,
+) -> Settings:
+    try:
+        return Settings(
+            subscription=subscription,
+            output=Output(
+                price_ticks_topic=args.price_ticks_topic,
+                volume_stream_topic=args.volume_stream_topic,
+                dead_letter_topic=args.dead_letter_topic,
+                points=args.points,
+                path=args.path,
+                volume_format=args.volume_format,
+            ),
+            kafka=KafkaSettings(
+                endpoint=args.kafka_endpoint or None,
+                config=tuple(_key_value(item) for item in args.kafka_config),
+                create_topics=args.create_topics,
+                partitions=args.partitions,
+                replication_factor=args.replication_factor,
+                flush_timeout=args.flush_timeout,
+                wait=args.kafka_wait,
+                spool_dir=args.spool_dir,
+                failed_path=args.failed_path,
+            ),
+            live=live or LiveSettings(),
+            record=record,
+            dashboard=args.dashboard if args.dashboard is not None else sys.stderr.isatty(),
+            metrics_port=args.metrics_port,
+            speed=speed,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigurationError(f"--kafka-config wants KEY=VALUE, not {item!r}")
+    return key.strip(), value
+
+
+def live(args: argparse.Namespace) -> int:
+    tickers = tuple(t.strip() for t in args.tickers.split(",") if t.strip())
+    if not tickers:
+        raise ConfigurationError("--tickers names no ticker")
+    api_key = os.environ.get("FINAZON_API_KEY", "").strip()
+    if not api_key:
+        raise ConfigurationError(
+            "FINAZON_API_KEY is not set: export your Finazon API key "
+            "(or run `finazon-trio serve` and point --url at it with any key)"
+        )
+    try:
+        subscription = Subscription(
+            dataset=args.dataset,
+            tickers=tickers,
+            frequency=args.frequency,
+            aggregation=args.aggregation,
+        )
+        live_settings = LiveSettings(
+            url=args.url,
+            api_key=api_key,
+            heartbeat_interval=args.heartbeat_interval,
+            stale_timeout=args.stale_timeout,
+            max_backoff=args.max_backoff,
+            max_retries=args.max_retries,
+            connections=args.connections,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    settings = _settings(args, subscription, live=live_settings, record=args.record)
+    metrics = Metrics(mode="live")
+    source: Source = functools.partial(live_source, settings, metrics=metrics.source)
+    header = header_from_settings(settings, settings.live.url)
+    return _finish(trio.run(_run, settings, source, metrics, header), metrics)
+
+
+def replay(args: argparse.Namespace) -> int:
+    speed = None if args.speed == "max" else _positive_float(args.speed, "--speed")
+    header = read_header(args.recording)
+    settings = _settings(args, header.subscription(), speed=speed)
+    metrics = Metrics(mode="replay", origin=str(args.recording))
+    source: Source = functools.partial(
+        replay_source, args.recording, metrics=metrics.source, speed=speed
+    )
+    return _finish(trio.run(_run, settings, source, metrics, None), metrics)
+
+
+async def _run(
+    settings: Settings, source: Source, metrics: Metrics, header: RecordingHeader | None
+) -> RunResult:
+    return await run_pipeline(settings, source, metrics, header=header)
+
+
+def _finish(result: RunResult, metrics: Metrics) -> int:
+    Console(stderr=True).print(summary_table(metrics.snapshot()))
+    if result.unflushed:
+        logger.error("%d messages were not acknowledged by Kafka before exit", result.unflushed)
+    if result.failed:
+        logger.error("%d messages failed delivery", result.failed)
+    if result.backlog:
+        logger.error("%d messages were never handed to Kafka", result.backlog)
+    kept = [path for path in (result.failed_path, result.spool_dir) if path]
+    if kept:
+        logger.error(
+            "the undelivered messages are kept in %s; publish them, in this order, with: "
+            "finazon-trio republish %s",
+            " and ".join(kept),
+            " ".join(kept),
+        )
+    return 0 if result.ok else EXIT_FAILED
+
+
+def republish(args: argparse.Namespace) -> int:
+    try:
+        kafka = KafkaSettings(
+            endpoint=args.kafka_endpoint or None,
+            config=tuple(_key_value(item) for item in args.kafka_config),
+            flush_timeout=args.flush_timeout,
+            wait=args.kafka_wait,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    spool_root = args.spool_dir or default_spool_dir()
+    failed = FailedFile(args.failed_path or spool_root / f"failed-{stamp}-{os.getpid()}.jsonl")
+    metrics = PublisherMetrics()
+    result = trio.run(republish_files, args.paths, kafka, failed, metrics)
+    logger.info(
+        "republished %s: %d delivered, %d failed, %d not acknowledged, %d lines skipped",
+        " ".join(map(str, args.paths)),
+        result.delivered,
+        result.failed,
+        result.unflushed,
+        len(result.corrupt),
+    )
+    if failed.written:
+        logger.error(
+            "%d messages were not delivered again; they are kept in %s", failed.written, failed.path
+        )
+    return 0 if result.ok else EXIT_FAILED
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        recording=args.recording,
+        api_keys=tuple(args.api_key),
+        speed=args.speed,
+        loop=args.loop,
+        seed=args.seed,
+        drop_every=args.drop_every,
+        stall_after=args.stall_after,
+        garbage_rate=args.garbage_rate,
+        reject_auth=args.reject_auth,
+        auth_failure=args.auth_failure,
+        unknown_tickers=tuple(args.unknown_ticker),
+        frame_style=args.frame_style,
+    )
+    trio.run(_until_interrupted, functools.partial(serve_clients, config))
+    return 0
+
+
+def broker(args: argparse.Namespace) -> int:
+    trio.run(_until_interrupted, functools.partial(run_embedded_broker, args.port))
+    return 0
+
+
+async def _until_interrupted(service: Callable[..., Awaitable[object]]) -> None:
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(service)
+        logger.info("listening on %s; Ctrl-C stops", started)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                return
+
+
+def generate(args: argparse.Namespace) -> int:
+    tickers = [t.strip() for t in args.tickers.split(",") if t.strip()]
+    start_s = None
+    if args.start:
+        start_s = int(dt.datetime.fromisoformat(args.start.replace("Z", "+00:00")).timestamp())
+    path = generate_recording(
+        args.path,
+        tickers,
+        minutes=args.minutes,
+        seed=args.seed,
+        start_s=start_s,
+        dataset=args.dataset,
+    )
+    logger.info("wrote %s", path)
+    return 0
+
+
+def _positive_float(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigurationError(f"{option} wants 'max' or a positive number, not {text!r}")
+    return value

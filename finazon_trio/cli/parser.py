@@ -1,0 +1,185 @@
+"""The command line's parser: commands, options and their defaults (taken from the settings)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import get_args
+
+from finazon_trio import __version__
+from finazon_trio.cli import commands
+from finazon_trio.server.config import AuthStyle, FrameStyle, ServerConfig
+from finazon_trio.settings import (
+    KafkaSettings,
+    LiveSettings,
+    Output,
+    PathMode,
+    Subscription,
+    VolumeFormat,
+)
+from finazon_trio.sink.broker import DEFAULT_BROKER_PORT
+
+_LIVE = LiveSettings()
+_SUBSCRIPTION = Subscription()
+_OUTPUT = Output()
+_KAFKA = KafkaSettings()
+_SERVER = ServerConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; each sets ``handler``, the function that runs it."""
+    parser = argparse.ArgumentParser(
+        prog="finazon-trio",
+        description="Stream Finazon real-time market data into Kafka.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    subcommands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    live = subcommands.add_parser("live", help="stream from Finazon (FINAZON_API_KEY) into Kafka")
+    live.add_argument("--tickers", required=True, help="comma-separated, e.g. AAPL,MSFT")
+    live.add_argument("--dataset", default=_SUBSCRIPTION.dataset)
+    live.add_argument("--frequency", default=_SUBSCRIPTION.frequency, help="update interval")
+    live.add_argument("--aggregation", default=_SUBSCRIPTION.aggregation, help="bar size")
+    live.add_argument("--url", default=_LIVE.url, help="Finazon WebSocket URL, without key")
+    live.add_argument(
+        "--heartbeat-interval", type=float, default=_LIVE.heartbeat_interval, metavar="SECONDS"
+    )
+    live.add_argument("--stale-timeout", type=float, default=_LIVE.stale_timeout, metavar="SECONDS")
+    live.add_argument("--max-backoff", type=float, default=_LIVE.max_backoff, metavar="SECONDS")
+    live.add_argument(
+        "--max-retries", type=int, default=_LIVE.max_retries, help="default: unlimited"
+    )
+    live.add_argument(
+        "--connections", type=int, default=_LIVE.connections, help="spread tickers over N"
+    )
+    live.add_argument("--record", type=Path, metavar="PATH", help="write frames to JSONL")
+    _add_output_options(live)
+    live.set_defaults(handler=commands.live)
+
+    replay = subcommands.add_parser("replay", help="publish a recording through the pipeline")
+    replay.add_argument("recording", type=Path)
+    replay.add_argument(
+        "--speed", default="max", help="'max' (default) or a factor of the recorded pace"
+    )
+    _add_output_options(replay)
+    replay.set_defaults(handler=commands.replay)
+
+    again = subcommands.add_parser(
+        "republish", help="publish undelivered messages (failed-messages files, spool dirs)"
+    )
+    again.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="published in order")
+    _add_kafka_options(again)
+    again.set_defaults(handler=commands.republish)
+
+    srv = subcommands.add_parser("serve", help="a Finazon-compatible WebSocket server")
+    srv.add_argument("recording", type=Path, nargs="?", help="stream this (default: synthetic)")
+    srv.add_argument("--host", default=_SERVER.host)
+    srv.add_argument("--port", type=int, default=_SERVER.port)
+    srv.add_argument("--api-key", action="append", default=[], help="accepted key (repeatable)")
+    srv.add_argument("--speed", type=float, default=_SERVER.speed)
+    srv.add_argument("--loop", action="store_true", help="start the recording again at its end")
+    srv.add_argument("--seed", type=int, default=_SERVER.seed)
+    srv.add_argument("--drop-every", type=float, metavar="SECONDS")
+    srv.add_argument("--stall-after", type=float, metavar="SECONDS")
+    srv.add_argument("--garbage-rate", type=float, default=_SERVER.garbage_rate, metavar="FRACTION")
+    srv.add_argument("--reject-auth", action="store_true", help="refuse every API key")
+    srv.add_argument(
+        "--auth-failure",
+        choices=get_args(AuthStyle),
+        default=_SERVER.auth_failure,
+        help="how a bad key is refused: HTTP 401, an error message, or a 1008 close",
+    )
+    srv.add_argument(
+        "--unknown-ticker", action="append", default=[], help="refuse this ticker (repeatable)"
+    )
+    srv.add_argument(
+        "--frame-style",
+        choices=get_args(FrameStyle),
+        default=_SERVER.frame_style,
+        help='synthetic bars as flat frames, {"data": [...]}, or the older flat shape',
+    )
+    srv.set_defaults(handler=commands.serve)
+
+    broker = subcommands.add_parser("broker", help="run the embedded Kafka-compatible broker")
+    broker.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT)
+    broker.set_defaults(handler=commands.broker)
+
+    gen = subcommands.add_parser("generate", help="write a synthetic recording")
+    gen.add_argument("path", type=Path)
+    gen.add_argument("--tickers", default="AAPL,MSFT,GOOGL,AMZN,TSLA")
+    gen.add_argument("--minutes", type=int, default=4)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--start", help="ISO time of the first update, e.g. 2024-11-08T15:30:30Z")
+    gen.add_argument("--dataset", default=_SUBSCRIPTION.dataset)
+    gen.set_defaults(handler=commands.generate)
+    return parser
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--price-ticks-topic", default=_OUTPUT.price_ticks_topic)
+    out.add_argument("--volume-stream-topic", default=_OUTPUT.volume_stream_topic)
+    out.add_argument("--dead-letter-topic", help="publish rejected frames here")
+    out.add_argument("--points", type=int, default=_OUTPUT.points, help="price ticks per frame")
+    out.add_argument("--path", choices=get_args(PathMode), default=_OUTPUT.path)
+    out.add_argument(
+        "--volume-format", choices=get_args(VolumeFormat), default=_OUTPUT.volume_format
+    )
+    out.add_argument(
+        "--dashboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="live display on stderr (default: when stderr is a terminal)",
+    )
+    out.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port"
+    )
+    _add_kafka_options(parser)
+
+
+def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
+    kafka = parser.add_argument_group("kafka")
+    kafka.add_argument(
+        "--kafka-endpoint",
+        default=os.environ.get("KAFKA_ENDPOINT"),
+        help="bootstrap servers (env KAFKA_ENDPOINT); default: start the embedded broker",
+    )
+    kafka.add_argument(
+        "--kafka-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any librdkafka setting (repeatable), e.g. security.protocol=SASL_SSL",
+    )
+    kafka.add_argument(
+        "--partitions", type=int, default=_KAFKA.partitions, help="for topics it creates"
+    )
+    kafka.add_argument("--replication-factor", type=int, default=_KAFKA.replication_factor)
+    kafka.add_argument("--no-create-topics", dest="create_topics", action="store_false")
+    kafka.add_argument(
+        "--flush-timeout", type=float, default=_KAFKA.flush_timeout, metavar="SECONDS"
+    )
+    kafka.add_argument(
+        "--kafka-wait",
+        type=float,
+        default=_KAFKA.wait,
+        metavar="SECONDS",
+        help="wait this long at start for a broker that does not answer yet",
+    )
+    kafka.add_argument(
+        "--spool-dir",
+        type=Path,
+        metavar="DIR",
+        help="live mode keeps what Kafka cannot take yet on disk here "
+        "(default: $XDG_STATE_HOME/finazon-trio, or ~/.local/state/finazon-trio)",
+    )
+    kafka.add_argument(
+        "--failed-path",
+        type=Path,
+        metavar="PATH",
+        help="append undelivered messages here (default: SPOOL_DIR/failed-<run>.jsonl)",
+    )
