@@ -17,13 +17,13 @@ from trio_websocket import WebSocketRequest, serve_websocket
 
 from finazon_trio.errors import AuthenticationError, ConfigurationError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
-from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.observe.metrics import SourceMetrics, SourceState
 from finazon_trio.server.app import serve
 from finazon_trio.server.config import ServerConfig
 from finazon_trio.server.session import ServerLog
 from finazon_trio.settings import LiveSettings, Settings, Subscription
 from finazon_trio.source.backoff import RetriesExhaustedError
-from finazon_trio.source.live import BACKING_OFF, STALE, SUBSCRIBED, live_source
+from finazon_trio.source.live import live_source
 from finazon_trio.source.protocol import MAX_EVENT_BYTES
 from finazon_trio.transform.frames import Reject, parse_frame
 
@@ -109,7 +109,7 @@ def bars(texts: list[str]) -> list[dict[str, Any]]:
 async def test_subscribes_and_streams(autojump_clock: object) -> None:
     async with server() as (port, log), running(settings(port)) as run:
         await wait_for(lambda: len(bars(run.received())) >= 6)
-        assert run.metrics.state == SUBSCRIBED
+        assert run.metrics.state == SourceState.SUBSCRIBED
         assert run.metrics.subscribed == {"AAPL", "MSFT"}
     first, second, third = run.events[:3]
     assert isinstance(first, Lifecycle)
@@ -202,7 +202,7 @@ async def test_drops_reconnect_resubscribe_and_lose_nothing(autojump_clock: obje
 async def test_stall_is_detected_by_the_stale_timeout(autojump_clock: object) -> None:
     live: dict[str, Any] = {"stale_timeout": 9.0, "ping_interval": 1e3, "heartbeat_interval": 1e3}
     async with server(stall_after=5.0) as (port, log), running(settings(port, **live)) as run:
-        await wait_for(lambda: run.metrics.state == STALE)
+        await wait_for(lambda: run.metrics.state == SourceState.STALE)
         stale_at = trio.current_time()
         assert stale_at - log.clients[0].opened == pytest.approx(5.0 + 6.0, abs=1.01)
         await wait_for(lambda: run.metrics.connects == 2)
@@ -367,7 +367,7 @@ async def test_backing_off_shows_in_the_metrics(autojump_clock: object) -> None:
         port = await nursery.start(refusing_server, attempts)
         async with running(settings(port), jitter=Jitter([0.75] * 10)) as run:
             await wait_for(lambda: len(attempts) == 2)
-            await wait_for(lambda: run.metrics.state == BACKING_OFF)
+            await wait_for(lambda: run.metrics.state == SourceState.BACKING_OFF)
             assert run.metrics.next_attempt_at is not None
         nursery.cancel_scope.cancel()
     assert run.metrics.next_attempt_at is None
@@ -419,7 +419,7 @@ async def test_connections_split_the_tickers(autojump_clock: object) -> None:
     tickers = ("AAPL", "MSFT", "GOOGL", "AMZN", "TSLA", "NVDA", "META")
     async with server() as (port, log), running(settings(port, tickers, connections=3)) as run:
         await wait_for(lambda: run.metrics.subscribed == set(tickers))
-        assert run.metrics.state == SUBSCRIBED
+        assert run.metrics.state == SourceState.SUBSCRIBED
         await wait_for(lambda: {bar["s"] for bar in bars(run.received())} == set(tickers))
         assert set(run.metrics.slot_states) == {1, 2, 3}
     subscriptions = [json.loads(client.received[0])["tickers"] for client in log.clients]

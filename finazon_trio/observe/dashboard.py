@@ -21,7 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, PRICE_TRAIL, TickerRow
+from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, PRICE_TRAIL, SourceState, TickerRow
 from finazon_trio.observe.stats import (
     DASH,
     data_clock,
@@ -70,18 +70,17 @@ GOOD, BUSY, WARN, BAD = "green", "cyan", "yellow", "bold red"
 SECTIONS = ("source", "transform", "publisher", "rates")
 
 #: How each source state looks: (symbol, style).
-_STATES = {
-    "starting": ("◌", BUSY),
-    "connecting": ("◌", BUSY),
-    "subscribing": ("◌", BUSY),
-    "connected": ("●", GOOD),
-    "subscribed": ("●", GOOD),
-    "replaying": ("▶", GOOD),
-    "done": ("✔", GOOD),
-    "backing off": ("↻", WARN),
-    "stale": ("⚠", WARN),
-    "stopped": ("■", "dim"),
-    "failed": ("✖", BAD),
+_STATES: dict[str, tuple[str, str]] = {
+    SourceState.STARTING: ("◌", BUSY),
+    SourceState.CONNECTING: ("◌", BUSY),
+    SourceState.SUBSCRIBING: ("◌", BUSY),
+    SourceState.SUBSCRIBED: ("●", GOOD),
+    SourceState.REPLAYING: ("▶", GOOD),
+    SourceState.DONE: ("✔", GOOD),
+    SourceState.BACKING_OFF: ("↻", WARN),
+    SourceState.STALE: ("⚠", WARN),
+    SourceState.STOPPED: ("■", "dim"),
+    SourceState.FAILED: ("✖", BAD),
 }
 
 
@@ -371,7 +370,7 @@ def _state_text(src: Mapping[str, Any], now: float) -> Text:
     symbol, style = _STATES.get(name, ("?", WARN))
     text = Text(f"{symbol} {name}", style)
     retry_at = src.get("next_attempt_at")
-    if name == "backing off" and retry_at:
+    if name == SourceState.BACKING_OFF and retry_at:
         text.append(f" · retry in {fmt_duration(retry_at - now)}")
     return text
 

@@ -7,6 +7,7 @@ Each field has exactly one writer (the stage named in its section); readers take
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import time
 from collections import Counter
@@ -19,6 +20,23 @@ import attrs
 LATENCY_BUCKETS_MS: Final[tuple[float, ...]] = tuple(2 ** (i / 4) for i in range(64))
 
 
+class SourceState(enum.StrEnum):
+    """What the source is doing. A live run's state is the worst of its connection slots'."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    SUBSCRIBING = "subscribing"
+    SUBSCRIBED = "subscribed"
+    #: Quiet for a good part of the stale timeout.
+    STALE = "stale"
+    BACKING_OFF = "backing off"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    REPLAYING = "replaying"
+    #: A replay that reached the end of its recording.
+    DONE = "done"
+
+
 @attrs.define
 class SourceMetrics:
     """Written by the source (live reader or replay)."""
@@ -26,7 +44,7 @@ class SourceMetrics:
     frames: int = 0  # text frames received
     connects: int = 0
     reconnects: int = 0
-    state: str = "starting"
+    state: SourceState = SourceState.STARTING
     # live only (the connection panel)
     #: The WebSocket URL, API key redacted.
     endpoint: str = ""
@@ -35,7 +53,7 @@ class SourceMetrics:
     #: State of each parallel connection slot (1..N): connecting, subscribing, subscribed,
     #: stale (quiet for 2/3 of the stale timeout), backing off, failed, stopped. ``state`` is
     #: the worst of them.
-    slot_states: dict[int, str] = attrs.field(factory=dict)
+    slot_states: dict[int, SourceState] = attrs.field(factory=dict)
     #: Handshakes that failed (refused, timed out, rejected).
     connect_failures: int = 0
     #: Established connections that ended, and why the last one did.

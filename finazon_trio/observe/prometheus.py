@@ -29,7 +29,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from finazon_trio.errors import ConfigurationError
-from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, Metrics, TickerRow
+from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, Metrics, SourceState, TickerRow
 from finazon_trio.observe.stats import cumulative, part, queued
 from finazon_trio.redaction import redact
 
@@ -40,10 +40,7 @@ PREFIX = "finazon_trio_"
 REQUEST_TIMEOUT = 10.0
 MAX_REQUEST_HEAD = 8192
 #: Source states always exported (1 for the current one), so alerts can match on any of them.
-STATES = (
-    *("starting", "connecting", "subscribing", "subscribed", "backing off", "stale", "failed"),
-    *("stopped", "replaying", "done"),
-)
+STATES = tuple(SourceState)
 
 
 async def serve_metrics(
@@ -152,7 +149,7 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         kafka_endpoint=str(pub.get("endpoint", "")),
         embedded_broker=str(bool(pub.get("embedded"))).lower(),
     )
-    state = str(src.get("state", "starting"))
+    state = str(src.get("state", SourceState.STARTING))
     states = GaugeMetricFamily(
         PREFIX + "source_state", "1 for the source's state.", labels=["state"]
     )

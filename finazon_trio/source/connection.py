@@ -17,7 +17,7 @@ import trio
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection
 
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
-from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.observe.metrics import SourceMetrics, SourceState
 from finazon_trio.redaction import REDACTED
 from finazon_trio.settings import LiveSettings
 from finazon_trio.source.backoff import RateLimiter
@@ -41,14 +41,6 @@ STALE_WARNING = 2 / 3
 #: How long the last ``disconnected`` event may wait for room downstream when shutting down.
 EMIT_TIMEOUT = 1.0
 
-CONNECTING = "connecting"
-SUBSCRIBING = "subscribing"
-SUBSCRIBED = "subscribed"
-STALE = "stale"
-BACKING_OFF = "backing off"
-FAILED = "failed"
-STOPPED = "stopped"
-
 
 class Host(Protocol):
     """What a connection needs from the source that opened it."""
@@ -58,7 +50,7 @@ class Host(Protocol):
     key: str
     endpoint: str
 
-    def set_state(self, slot: int, state: str) -> None: ...
+    def set_state(self, slot: int, state: SourceState) -> None: ...
 
     def redact(self, text: str) -> str: ...
 
@@ -123,7 +115,7 @@ class Connection:
         )
         try:
             await self._emit(Lifecycle(time.time_ns(), self.number, "connected"))
-            self.source.set_state(self.slot, SUBSCRIBING)
+            self.source.set_state(self.slot, SourceState.SUBSCRIBING)
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._subscribe)
@@ -181,7 +173,7 @@ class Connection:
                         message = await self.ws.get_message()
                         quiet.deadline = math.inf
                         await self._received(message)
-                self.source.set_state(self.slot, STALE)
+                self.source.set_state(self.slot, SourceState.STALE)
                 logger.warning("connection %d: no message for %g s", self.number, quiet_after)
                 late: str | bytes | None = None
                 with trio.move_on_after(stale - quiet_after):
@@ -189,7 +181,9 @@ class Connection:
                 if late is None:
                     self._die(f"stale: no message for {stale:g} s", abort=True)
                     return
-                self.source.set_state(self.slot, SUBSCRIBED if self._acked else SUBSCRIBING)
+                self.source.set_state(
+                    self.slot, SourceState.SUBSCRIBED if self._acked else SourceState.SUBSCRIBING
+                )
                 # Outside the deadline: waiting for room downstream is not silence, and a
                 # cancelled wait would lose the message.
                 await self._received(late)
@@ -216,7 +210,7 @@ class Connection:
                 self._subscribed.update(tickers)
                 self.metrics.subscribed.update(tickers)
                 self._acked = True
-                self.source.set_state(self.slot, SUBSCRIBED)
+                self.source.set_state(self.slot, SourceState.SUBSCRIBED)
                 shown = ", ".join(sorted(tickers)[:10]) + (" ..." if len(tickers) > 10 else "")
                 logger.info(
                     "connection %d subscribed to %d tickers: %s", self.number, len(tickers), shown

@@ -27,21 +27,11 @@ from trio_websocket import (
 
 from finazon_trio.errors import AuthenticationError, ConfigurationError
 from finazon_trio.events import SourceEvent
-from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.observe.metrics import SourceMetrics, SourceState
 from finazon_trio.redaction import redact, redacted_log
 from finazon_trio.settings import Settings
 from finazon_trio.source.backoff import Backoff, RetriesExhaustedError
-from finazon_trio.source.connection import (
-    BACKING_OFF,
-    CONNECTING,
-    FAILED,
-    STALE,
-    STOPPED,
-    SUBSCRIBED,
-    SUBSCRIBING,
-    Connection,
-    Ended,
-)
+from finazon_trio.source.connection import Connection, Ended
 from finazon_trio.source.protocol import (
     event_messages,
     is_auth_failure,
@@ -49,17 +39,7 @@ from finazon_trio.source.protocol import (
     url_with_key,
 )
 
-__all__ = [
-    "BACKING_OFF",
-    "CONNECTING",
-    "FAILED",
-    "STALE",
-    "STOPPED",
-    "SUBSCRIBED",
-    "SUBSCRIBING",
-    "live_source",
-    "overall_state",
-]
+__all__ = ["live_source", "overall_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +54,21 @@ RECEIVE_BYTES = 64 * 1024
 WEBSOCKET_LOGGER = "trio-websocket"
 
 #: Worst first: the overall state is the worst of the slots'.
-_SEVERITY = (FAILED, STALE, BACKING_OFF, CONNECTING, SUBSCRIBING, SUBSCRIBED, STOPPED)
+_SEVERITY = (
+    SourceState.FAILED,
+    SourceState.STALE,
+    SourceState.BACKING_OFF,
+    SourceState.CONNECTING,
+    SourceState.SUBSCRIBING,
+    SourceState.SUBSCRIBED,
+    SourceState.STOPPED,
+)
 
 
-def overall_state(slot_states: Mapping[int, str]) -> str:
+def overall_state(slot_states: Mapping[int, SourceState]) -> SourceState:
     """The state to show for the whole source: the worst of its slots'."""
     rank = {state: index for index, state in enumerate(_SEVERITY)}
-    return min(slot_states.values(), key=lambda s: rank.get(s, -1), default=STOPPED)
+    return min(slot_states.values(), key=lambda s: rank.get(s, -1), default=SourceState.STOPPED)
 
 
 async def live_source(
@@ -149,14 +137,14 @@ class _Source:
     def redact(self, text: str) -> str:
         return redact(text, (self.key,))
 
-    def set_state(self, slot: int, state: str) -> None:
+    def set_state(self, slot: int, state: SourceState) -> None:
         self.metrics.slot_states[slot] = state
         self.metrics.state = overall_state(self.metrics.slot_states)
 
     def stopped(self) -> None:
         for slot, state in self.metrics.slot_states.items():
-            if state != FAILED:
-                self.metrics.slot_states[slot] = STOPPED
+            if state != SourceState.FAILED:
+                self.metrics.slot_states[slot] = SourceState.STOPPED
         self.metrics.state = overall_state(self.metrics.slot_states)
         self.metrics.next_attempt_at = None
 
@@ -167,16 +155,16 @@ class _Source:
             max_backoff=live.max_backoff, max_retries=live.max_retries, jitter=self._jitter
         )
         while True:
-            self.set_state(slot, CONNECTING)
+            self.set_state(slot, SourceState.CONNECTING)
             ended = await self._attempt(slot, tickers, messages)
             if ended.auth:
-                self.set_state(slot, FAILED)
+                self.set_state(slot, SourceState.FAILED)
                 raise AuthenticationError(
                     f"Finazon refused the API key ({ended.reason}; {self.endpoint}): check "
                     "FINAZON_API_KEY. Not retrying: another attempt would be refused too."
                 )
             if ended.refused:
-                self.set_state(slot, FAILED)
+                self.set_state(slot, SourceState.FAILED)
                 self._refused.add(slot)
                 if len(self._refused) == self._slots:
                     raise ConfigurationError(
@@ -192,7 +180,7 @@ class _Source:
                 return
             delay = backoff.next_delay(ended.healthy_for)
             if delay is None:
-                self.set_state(slot, FAILED)
+                self.set_state(slot, SourceState.FAILED)
                 raise RetriesExhaustedError(
                     f"gave up on {self.endpoint} after {live.max_retries} retries in a row "
                     f"(--max-retries); the last attempt ended with: {ended.reason}"
@@ -202,7 +190,7 @@ class _Source:
             )
             self._retry_at[slot] = time.time() + delay
             self.metrics.next_attempt_at = min(self._retry_at.values())
-            self.set_state(slot, BACKING_OFF)
+            self.set_state(slot, SourceState.BACKING_OFF)
             try:
                 await trio.sleep(delay)
             finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import trio
 
 from finazon_trio.events import Lifecycle, Received, SourceEvent
-from finazon_trio.observe.metrics import SourceMetrics
+from finazon_trio.observe.metrics import SourceMetrics, SourceState
 from finazon_trio.recording import READ_CHUNK, Corrupt, RecordingHeader, iter_entries, read_header
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ async def replay_source(
         header, lines_total = await trio.to_thread.run_sync(_check_and_count, path)
         metrics.lines_total = lines_total
         metrics.lines_read = 1
-        metrics.state = "replaying"
+        metrics.state = SourceState.REPLAYING
         task_status.started(header)
         entries = iter_entries(path)
         first_frame_ns: int | None = None
@@ -78,11 +78,11 @@ async def replay_source(
                         await send.send(entry)
                     if isinstance(entry, Received):
                         metrics.frames += 1
-            metrics.state = "done"
+            metrics.state = SourceState.DONE
         finally:
             entries.close()
-            if metrics.state != "done":
-                metrics.state = "stopped"
+            if metrics.state != SourceState.DONE:
+                metrics.state = SourceState.STOPPED
     if metrics.corrupt_lines:
         logger.warning("%s: %d corrupt lines skipped", path, metrics.corrupt_lines)
 

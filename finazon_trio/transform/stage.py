@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 
 import attrs
@@ -19,6 +18,7 @@ import trio
 
 from finazon_trio.events import Message, Outgoing, Received, SourceEvent
 from finazon_trio.observe.metrics import TickerBoard, TransformMetrics
+from finazon_trio.observe.ratelog import RateLimitedLog
 from finazon_trio.settings import Output, Subscription
 from finazon_trio.transform.frames import STALE, Bar, Protocol, Reject, parse_frame
 from finazon_trio.transform.interpolation import (
@@ -74,7 +74,9 @@ class Transformer:
         self._points = output.points
         self._interval_ms = subscription.frequency_ms
         self._bars: dict[str, _BarState] = {}
-        self._reject_log = _RejectLog(clock)
+        self._reject_log = RateLimitedLog(
+            logger, LOG_REJECT_INTERVAL, first=LOG_FIRST_REJECTS, clock=clock
+        )
 
     def on_frame(self, t_ns: int, text: str) -> list[Message]:
         """The records for one frame received at ``t_ns`` (ns since the epoch), in order."""
@@ -156,7 +158,16 @@ class Transformer:
 
     def _on_reject(self, e: int, reject: Reject, messages: list[Message]) -> None:
         self._metrics.rejects[reject.reason] += 1
-        self._reject_log(reject)
+        text = reject.text
+        if len(text) > LOG_FRAME_CHARS:
+            text = f"{text[:LOG_FRAME_CHARS]}… ({len(reject.text)} characters)"
+        self._reject_log(
+            "rejected frame (%s): %s; frame %r",
+            reject.reason,
+            reject.detail,
+            text,
+            key=reject.reason,
+        )
         topic = self._output.dead_letter_topic
         if topic is None:
             return
@@ -188,36 +199,6 @@ def tick_values(symbol: str, times: list[int], prices: list[float]) -> list[byte
 
 def _either(value: str | None, fallback: str) -> str:
     return fallback if value is None else value
-
-
-class _RejectLog:
-    """Logs the first rejects of each reason, then one line per reason per interval."""
-
-    def __init__(self, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._seen: Counter[str] = Counter()
-        self._suppressed: Counter[str] = Counter()
-        self._next_at: dict[str, float] = {}
-
-    def __call__(self, reject: Reject) -> None:
-        reason = reject.reason
-        self._seen[reason] += 1
-        now = self._clock()
-        if self._seen[reason] > LOG_FIRST_REJECTS and now < self._next_at[reason]:
-            self._suppressed[reason] += 1
-            return
-        self._next_at[reason] = now + LOG_REJECT_INTERVAL
-        text = reject.text
-        if len(text) > LOG_FRAME_CHARS:
-            text = f"{text[:LOG_FRAME_CHARS]}… ({len(reject.text)} characters)"
-        suppressed = self._suppressed.pop(reason, 0)
-        logger.warning(
-            "rejected frame (%s): %s; frame %r%s",
-            reason,
-            reject.detail,
-            text,
-            f" ({suppressed} more {reason} since the last report)" if suppressed else "",
-        )
 
 
 async def run_transform(
