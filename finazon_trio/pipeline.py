@@ -15,9 +15,7 @@ spool directory). A second signal cancels everything at once.
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,7 +32,13 @@ from finazon_trio.recording import RecordingHeader
 from finazon_trio.settings import Settings
 from finazon_trio.sink.admin import Config, ensure_topics, wait_for_kafka
 from finazon_trio.sink.broker import run_embedded_broker
-from finazon_trio.sink.failed import FailedFile, left_behind
+from finazon_trio.sink.failed import (
+    FailedFile,
+    failed_path,
+    left_behind,
+    new_run_id,
+    spool_path,
+)
 from finazon_trio.sink.publisher import Publisher, producer_config
 from finazon_trio.sink.spool import Spool
 from finazon_trio.source.recorder import Recorder
@@ -124,16 +128,16 @@ async def _run_stages(
 ) -> None:
     """Reach Kafka, then run source → [recorder] → transform → publisher; in live mode, start at
     once and put the spool before the publisher."""
-    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+    run_id = new_run_id()
     await _warn_of_leftovers(settings.kafka.spool_root)
     async with _kafka_endpoint(settings, metrics) as bootstrap:
         config = producer_config(settings.kafka, bootstrap)
         failed = FailedFile(
-            settings.kafka.failed_path or settings.kafka.spool_root / f"failed-{run_id}.jsonl"
+            settings.kafka.failed_path or failed_path(settings.kafka.spool_root, run_id)
         )
         spool = None
         if metrics.mode == "live":
-            spool = Spool(settings.kafka.spool_root / f"live-{run_id}", metrics.publisher)
+            spool = Spool(spool_path(settings.kafka.spool_root, run_id), metrics.publisher)
         else:
             await _reach_kafka(settings, config, metrics)
         transformer = Transformer(

@@ -29,10 +29,9 @@ from finazon_trio.settings import (
     Output,
     Settings,
     Subscription,
-    default_spool_dir,
 )
 from finazon_trio.sink.broker import run_embedded_broker
-from finazon_trio.sink.failed import FailedFile
+from finazon_trio.sink.failed import FailedFile, failed_path, new_run_id
 from finazon_trio.sink.republish import republish as republish_files
 from finazon_trio.source.live import live_source
 from finazon_trio.source.replay import replay_source
@@ -61,22 +60,29 @@ def _settings(
                 path=args.path,
                 volume_format=args.volume_format,
             ),
-            kafka=KafkaSettings(
-                endpoint=args.kafka_endpoint or None,
-                config=tuple(_key_value(item) for item in args.kafka_config),
-                create_topics=args.create_topics,
-                partitions=args.partitions,
-                replication_factor=args.replication_factor,
-                flush_timeout=args.flush_timeout,
-                wait=args.kafka_wait,
-                spool_dir=args.spool_dir,
-                failed_path=args.failed_path,
-            ),
+            kafka=_kafka(args),
             live=live or LiveSettings(),
             record=record,
             dashboard=args.dashboard if args.dashboard is not None else sys.stderr.isatty(),
             metrics_port=args.metrics_port,
             speed=speed,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+
+
+def _kafka(args: argparse.Namespace) -> KafkaSettings:
+    try:
+        return KafkaSettings(
+            endpoint=args.kafka_endpoint or None,
+            config=tuple(_key_value(item) for item in args.kafka_config),
+            create_topics=args.create_topics,
+            partitions=args.partitions,
+            replication_factor=args.replication_factor,
+            flush_timeout=args.flush_timeout,
+            wait=args.kafka_wait,
+            spool_dir=args.spool_dir,
+            failed_path=args.failed_path,
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
@@ -161,18 +167,8 @@ def _finish(result: RunResult, metrics: Metrics) -> int:
 
 
 def republish(args: argparse.Namespace) -> int:
-    try:
-        kafka = KafkaSettings(
-            endpoint=args.kafka_endpoint or None,
-            config=tuple(_key_value(item) for item in args.kafka_config),
-            flush_timeout=args.flush_timeout,
-            wait=args.kafka_wait,
-        )
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from exc
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    spool_root = args.spool_dir or default_spool_dir()
-    failed = FailedFile(args.failed_path or spool_root / f"failed-{stamp}-{os.getpid()}.jsonl")
+    kafka = _kafka(args)
+    failed = FailedFile(args.failed_path or failed_path(kafka.spool_root, new_run_id()))
     metrics = PublisherMetrics()
     result = trio.run(republish_files, args.paths, kafka, failed, metrics)
     logger.info(

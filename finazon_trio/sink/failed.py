@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -82,6 +83,21 @@ def message_files(paths: Sequence[Path]) -> list[Path]:
         else:
             raise FinazonTrioError(f"{path}: no such file or directory")
     return files
+
+
+def new_run_id() -> str:
+    """``<UTC time>-<pid>``: names this run's spool directory and failed-messages file."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{os.getpid()}"
+
+
+def spool_path(spool_root: Path, run_id: str) -> Path:
+    """The spool directory of run ``run_id`` (see :func:`left_behind`)."""
+    return spool_root / f"live-{run_id}"
+
+
+def failed_path(spool_root: Path, run_id: str) -> Path:
+    """The default failed-messages file of run ``run_id`` (see :func:`left_behind`)."""
+    return spool_root / f"failed-{run_id}.jsonl"
 
 
 def left_behind(spool_root: Path) -> list[Path]:
