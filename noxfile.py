@@ -22,10 +22,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff, with the ASYNC rules, and the formatter's check."""
+    """ruff, with the ASYNC rules, the formatter's check, and no import cycles in the package."""
     session.install("ruff")
     session.run("ruff", "check", *SOURCES)
     session.run("ruff", "format", "--check", *SOURCES)
+    session.run("python", "scripts/import_cycles.py")
 
 
 @nox.session(python=PYTHON)

@@ -32,7 +32,7 @@ def rss_growth(rate: dict[str, Any]) -> float:
 
 
 def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """The issue's targets, each with ``ok`` and the figures behind it."""
+    """The performance targets (benchmarks/README.md), each with ``ok`` and its figures."""
     replay, limit = report["replay"]["median"], report["limit"]["median"]
     ratio = report["replay"]["ratio_to_limit"]
     out = [

@@ -1,8 +1,9 @@
 """Pure helpers for Finazon's WebSocket protocol: client events out, server messages in.
 
-Finazon documents only part of the protocol (see ``FINAZON.md``), so :func:`classify` accepts
-every variant seen or plausible: acknowledgements with the tickers in ``data`` or at the top,
-errors that name their ticker in a field or only in the message, heartbeat replies.
+Finazon documents only part of the protocol (see ``docs/finazon-protocol.md``), so
+:func:`classify` accepts every variant seen or plausible: acknowledgements with the tickers in
+``data`` or at the top, errors that name their ticker in a field or only in the message,
+heartbeat replies.
 """
 
 from __future__ import annotations

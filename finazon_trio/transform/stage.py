@@ -1,7 +1,7 @@
 """The transform stage: frames in, Kafka records of the output contract out.
 
-Each bar frame becomes ``N`` price ticks and one volume-stream record (see the contract in
-``issues show 2``); anything else is a protocol message (counted) or a reject (counted, logged
+Each bar frame becomes ``N`` price ticks and one volume-stream record (see the README, "The
+output contract"); anything else is a protocol message (counted) or a reject (counted, logged
 at a limited rate, optionally sent to the dead-letter topic). This is the hot path: every frame
 of a run goes through :meth:`Transformer.on_frame`.
 """
