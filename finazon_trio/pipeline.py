@@ -339,6 +339,8 @@ async def _run_source(
 def _topics(settings: Settings) -> list[str]:
     out = settings.output
     topics = [out.price_ticks_topic, out.volume_stream_topic]
+    if out.frames_topic is not None:  # the ingest role
+        topics = [out.frames_topic]
     if out.dead_letter_topic:
         topics.append(out.dead_letter_topic)
     return topics

@@ -102,6 +102,8 @@ class Output:
     points: int = attrs.field(default=DEFAULT_POINTS, validator=_at_least_one)
     path: PathMode = "linear"
     volume_format: VolumeFormat = "descriptive"
+    #: The ingest role: publish one frames record per bar here instead of its messages.
+    frames_topic: str | None = None
 
 
 @attrs.frozen

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import attrs
 import trio
 from rich.console import Console
 
@@ -35,6 +36,9 @@ from finazon_trio.sink.failed import FailedFile, failed_path, new_run_id
 from finazon_trio.sink.republish import republish as republish_files
 from finazon_trio.source.live import live_source
 from finazon_trio.source.replay import replay_source
+from finazon_trio.worker.config import DEFAULT_FRAMES_PARTITIONS, WorkerSettings, default_worker_id
+from finazon_trio.worker.metrics import WorkerMetrics
+from finazon_trio.worker.run import run_worker
 
 logger = logging.getLogger("finazon_trio")
 
@@ -59,6 +63,7 @@ def _settings(
                 points=args.points,
                 path=args.path,
                 volume_format=args.volume_format,
+                frames_topic=getattr(args, "frames_topic", None),
             ),
             kafka=_kafka(args),
             live=live or LiveSettings(),
@@ -77,7 +82,7 @@ def _kafka(args: argparse.Namespace) -> KafkaSettings:
             endpoint=args.kafka_endpoint or None,
             config=tuple(_key_value(item) for item in args.kafka_config),
             create_topics=args.create_topics,
-            partitions=args.partitions,
+            partitions=_partitions(args),
             replication_factor=args.replication_factor,
             flush_timeout=args.flush_timeout,
             wait=args.kafka_wait,
@@ -86,6 +91,14 @@ def _kafka(args: argparse.Namespace) -> KafkaSettings:
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
+
+
+def _partitions(args: argparse.Namespace) -> int:
+    if args.partitions is not None:
+        return int(args.partitions)
+    # The ingest role's frames topic: room for the workers to come (README, "Scaling out").
+    frames = getattr(args, "frames_topic", None) and args.handler is not expand
+    return DEFAULT_FRAMES_PARTITIONS if frames else KafkaSettings().partitions
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -164,6 +177,32 @@ def _finish(result: RunResult, metrics: Metrics) -> int:
             " ".join(kept),
         )
     return 0 if result.ok else EXIT_FAILED
+
+
+def expand(args: argparse.Namespace) -> int:
+    """An expansion worker (README, "Scaling out"); 0 after SIGINT/SIGTERM."""
+    kafka = _kafka(args)
+    if kafka.endpoint is None:
+        raise ConfigurationError(
+            "expand needs the cluster the ingest role publishes to: --kafka-endpoint or "
+            "KAFKA_ENDPOINT (an embedded broker of its own would hold no frames)"
+        )
+    try:
+        settings = WorkerSettings(
+            frames_topic=args.frames_topic,
+            output=attrs.evolve(_settings(args, Subscription()).output, frames_topic=None),
+            kafka=kafka,
+            group=args.group,
+            worker_id=args.worker_id or default_worker_id(),
+            stable_id=args.worker_id is not None,
+            commit_interval=args.commit_interval,
+            dashboard=args.dashboard if args.dashboard is not None else sys.stderr.isatty(),
+            metrics_port=args.metrics_port,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    trio.run(run_worker, settings, kafka.endpoint, WorkerMetrics())
+    return 0
 
 
 def republish(args: argparse.Namespace) -> int:

@@ -19,6 +19,11 @@ from finazon_trio.settings import (
     VolumeFormat,
 )
 from finazon_trio.sink.broker import DEFAULT_BROKER_PORT
+from finazon_trio.worker.config import (
+    DEFAULT_COMMIT_INTERVAL,
+    DEFAULT_FRAMES_PARTITIONS,
+    DEFAULT_GROUP,
+)
 
 _LIVE = LiveSettings()
 _SUBSCRIPTION = Subscription()
@@ -58,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     live.add_argument("--record", type=Path, metavar="PATH", help="write frames to JSONL")
     _add_output_options(live)
+    _add_frames_topic(live)
     live.set_defaults(handler=commands.live)
 
     replay = subcommands.add_parser("replay", help="publish a recording through the pipeline")
@@ -66,7 +72,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--speed", default="max", help="'max' (default) or a factor of the recorded pace"
     )
     _add_output_options(replay)
+    _add_frames_topic(replay)
     replay.set_defaults(handler=commands.replay)
+
+    expand = subcommands.add_parser(
+        "expand", help="an expansion worker: frames records in, ticks out, exactly once"
+    )
+    expand.add_argument("--frames-topic", required=True, help="the ingest role's frames topic")
+    expand.add_argument("--group", default=DEFAULT_GROUP, help="the workers' consumer group")
+    expand.add_argument(
+        "--worker-id",
+        help="stable id: static membership, and a restart fences its predecessor "
+        "(default: host-pid, a dynamic member)",
+    )
+    expand.add_argument(
+        "--commit-interval",
+        type=float,
+        default=DEFAULT_COMMIT_INTERVAL,
+        metavar="SECONDS",
+        help="commit the open transaction this often",
+    )
+    _add_output_options(expand)
+    expand.set_defaults(handler=commands.expand)
 
     again = subcommands.add_parser(
         "republish", help="publish undelivered messages (failed-messages files, spool dirs)"
@@ -119,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_frames_topic(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--frames-topic",
+        metavar="TOPIC",
+        help="the ingest role: publish one frames record per bar here, for `expand` workers "
+        f"(created with {DEFAULT_FRAMES_PARTITIONS} partitions unless --partitions)",
+    )
+
+
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--price-ticks-topic", default=_OUTPUT.price_ticks_topic)
@@ -156,7 +192,10 @@ def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
         help="any librdkafka setting (repeatable), e.g. security.protocol=SASL_SSL",
     )
     kafka.add_argument(
-        "--partitions", type=int, default=_KAFKA.partitions, help="for topics it creates"
+        "--partitions",
+        type=int,
+        help=f"for topics it creates (default {_KAFKA.partitions}, the frames topic "
+        f"{DEFAULT_FRAMES_PARTITIONS})",
     )
     kafka.add_argument("--replication-factor", type=int, default=_KAFKA.replication_factor)
     kafka.add_argument("--no-create-topics", dest="create_topics", action="store_false")

@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import trio
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -43,11 +43,21 @@ MAX_REQUEST_HEAD = 8192
 STATES = tuple(SourceState)
 
 
+class Snapshots(Protocol):
+    """What a metrics endpoint serves: a run's :class:`Metrics`, or a worker's counters."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+
+
+Families = Callable[[Mapping[str, Any]], Iterator[Metric]]
+
+
 async def serve_metrics(
-    metrics: Metrics,
+    metrics: Snapshots,
     port: int,
     *,
     host: str | None = None,
+    families_of: Families | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``GET /metrics`` on ``port`` (every interface unless ``host``) until cancelled.
@@ -66,16 +76,17 @@ async def serve_metrics(
     bound: int = listeners[0].socket.getsockname()[1]
     logger.info("Prometheus metrics at http://%s:%d/metrics", host or "0.0.0.0", bound)
     task_status.started(bound)
-    await trio.serve_listeners(functools.partial(_serve_one, metrics), listeners)
+    handler = functools.partial(_serve_one, metrics, families_of or families)
+    await trio.serve_listeners(handler, listeners)
 
 
-async def _serve_one(metrics: Metrics, stream: trio.SocketStream) -> None:
+async def _serve_one(metrics: Snapshots, families_of: Families, stream: trio.SocketStream) -> None:
     async with stream:
         try:
             with trio.move_on_after(REQUEST_TIMEOUT):
                 head = await _read_head(stream)
                 if head is not None:
-                    await stream.send_all(await _respond(metrics, head))
+                    await stream.send_all(await _respond(metrics, families_of, head))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the scraper went away
 
@@ -90,7 +101,7 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
     return data
 
 
-async def _respond(metrics: Metrics, head: bytes) -> bytes:
+async def _respond(metrics: Snapshots, families_of: Families, head: bytes) -> bytes:
     request_line, *header_lines = head.decode("latin-1").split("\r\n")
     method, _, rest = request_line.partition(" ")
     path = rest.partition(" ")[0].partition("?")[0]
@@ -100,10 +111,11 @@ async def _respond(metrics: Metrics, head: bytes) -> bytes:
         return _response(404, "text/plain", b"metrics are at /metrics\n")
     headers = dict(line.partition(":")[::2] for line in header_lines if line)
     accept = next((v.strip() for k, v in headers.items() if k.lower() == "accept"), "")
-    metrics.channels.sample()
+    if isinstance(metrics, Metrics):
+        metrics.channels.sample()
     snap = metrics.snapshot()
     try:
-        body, content_type = await trio.to_thread.run_sync(_encode, snap, accept)
+        body, content_type = await trio.to_thread.run_sync(_encode, snap, accept, families_of)
     except Exception:
         logger.exception("could not encode the metrics")
         return _response(500, "text/plain", b"could not encode the metrics\n")
@@ -119,9 +131,9 @@ def _response(status: int, content_type: str, body: bytes, length: int | None = 
     return head.encode() + body
 
 
-def _encode(snap: Mapping[str, Any], accept: str) -> tuple[bytes, str]:
+def _encode(snap: Mapping[str, Any], accept: str, families_of: Families) -> tuple[bytes, str]:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snap))
+    registry.register(SnapshotCollector(snap, families_of))
     ProcessCollector(registry=registry)  # memory, CPU, open file descriptors
     encoder, content_type = choose_encoder(accept)
     return encoder(registry), content_type
@@ -130,11 +142,12 @@ def _encode(snap: Mapping[str, Any], accept: str) -> tuple[bytes, str]:
 class SnapshotCollector(Collector):
     """The metric families of one snapshot (``Metrics.snapshot()`` after sampling channels)."""
 
-    def __init__(self, snapshot: Mapping[str, Any]) -> None:
+    def __init__(self, snapshot: Mapping[str, Any], families_of: Families | None = None) -> None:
         self._snap = snapshot
+        self._families = families_of or families
 
     def collect(self) -> Iterator[Metric]:
-        yield from families(self._snap)
+        yield from self._families(self._snap)
 
 
 def families(snap: Mapping[str, Any]) -> Iterator[Metric]:

@@ -20,6 +20,7 @@ from finazon_trio.observe.ratelog import RateLimitedLog
 from finazon_trio.settings import Output, Subscription
 from finazon_trio.transform.expand import expand
 from finazon_trio.transform.frames import Bar, Protocol, Reject, parse_frame
+from finazon_trio.transform.record import encode as encode_record
 from finazon_trio.transform.state import BarStates
 
 logger = logging.getLogger(__name__)
@@ -80,12 +81,18 @@ class Transformer:
         if isinstance(update, Reject):
             self._on_reject(e, update, messages)
             return
-        messages += expand(update, e, self._interval_ms, self._output, self._subscription)
-        n = self._points
         metrics = self._metrics
         metrics.bars += 1
-        metrics.ticks += n
-        metrics.volume_messages += 1
+        frames_topic = self._output.frames_topic
+        if frames_topic is not None:  # the ingest role: the workers expand (README, "Scaling out")
+            record = encode_record(update, e, self._interval_ms, self._subscription)
+            messages.append((frames_topic, bar.symbol.encode(), record, e, None))
+            n = 0
+        else:
+            messages += expand(update, e, self._interval_ms, self._output, self._subscription)
+            n = self._points
+            metrics.ticks += n
+            metrics.volume_messages += 1
         if self._tickers is not None:
             self._tickers.on_bar(bar.symbol, bar.bar_time, bar.open, bar.close, n, e / 1000)
 
