@@ -36,8 +36,8 @@ class WorkerSettings:
     so the worker joins as a static member and its ``transactional.id`` fences a predecessor."""
 
     frames_topic: str
-    output: Output = Output()
-    kafka: KafkaSettings = KafkaSettings()
+    output: Output = attrs.field(factory=Output)
+    kafka: KafkaSettings = attrs.field(factory=KafkaSettings)
     group: str = DEFAULT_GROUP
     worker_id: str = attrs.field(factory=default_worker_id)
     stable_id: bool = False

@@ -121,10 +121,10 @@ class ExpandLoop:
         self._rewind_pending = False
         self._reject_log = RateLimitedLog(logger, 10.0, first=5)
         consumer_config, producer_config = client_configs(settings, bootstrap)
-        common = {"error_cb": self._on_error, "logger": librdkafka_logger}
+        callbacks = {"error_cb": self._on_error, "logger": librdkafka_logger}
         try:
-            self._producer = Producer(producer_config, **common)
-            self._consumer = Consumer(consumer_config, stats_cb=self._on_stats, **common)
+            self._producer = Producer({**producer_config, **callbacks})
+            self._consumer = Consumer({**consumer_config, **callbacks, "stats_cb": self._on_stats})
         except KafkaException as exc:
             raise ConfigurationError(f"invalid Kafka setting: {reason(exc)}") from None
         self._produce: Callable[..., None] = self._producer.produce
@@ -248,7 +248,9 @@ class ExpandLoop:
         consumer = self._consumer
         started = time.monotonic()
         positions = [
-            tp for tp in consumer.position(consumer.assignment()) if tp.offset is not None and tp.offset >= 0
+            tp
+            for tp in consumer.position(consumer.assignment())
+            if tp.offset is not None and tp.offset >= 0
         ]
         if positions and not self._call(
             self._producer.send_offsets_to_transaction,
@@ -290,15 +292,18 @@ class ExpandLoop:
     def _failed(self, exc: KafkaException) -> bool:
         """Handle an error of a producer call: abort and rewind (returns False), or raise."""
         error = exc.args[0] if exc.args else None
-        if isinstance(error, confluent_kafka.KafkaError) and not error.fatal():
-            if error.txn_requires_abort() or self._in_txn:
-                logger.warning("aborting the transaction: %s", error.str())
-                try:
-                    self._abort()
-                except KafkaException as again:
-                    return self._raise(again)
-                self._rewind_pending = True
-                return False
+        if (
+            isinstance(error, confluent_kafka.KafkaError)
+            and not error.fatal()
+            and (error.txn_requires_abort() or self._in_txn)
+        ):
+            logger.warning("aborting the transaction: %s", error.str())
+            try:
+                self._abort()
+            except KafkaException as again:
+                return self._raise(again)
+            self._rewind_pending = True
+            return False
         return self._raise(exc)
 
     def _raise(self, exc: KafkaException) -> bool:
@@ -346,14 +351,16 @@ class ExpandLoop:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances += 1
         self._set_assignment(consumer, plus=partitions)
-        logger.info("assigned partitions %s", _numbers(partitions))
+        if partitions:
+            logger.info("assigned partitions %s", _numbers(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances += 1
         if self._in_txn:
             self._commit()  # the next owner starts exactly after what this one produced
         self._set_assignment(consumer, minus=partitions)
-        logger.info("revoked partitions %s", _numbers(partitions))
+        if partitions:
+            logger.info("revoked partitions %s", _numbers(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances += 1
@@ -364,7 +371,9 @@ class ExpandLoop:
                 self._failed(exc)
         self._rewind_pending = True
         self._set_assignment(consumer, minus=partitions)
-        logger.warning("lost partitions %s: their open transaction is aborted", _numbers(partitions))
+        logger.warning(
+            "lost partitions %s: their open transaction is aborted", _numbers(partitions)
+        )
 
     def _set_assignment(
         self,

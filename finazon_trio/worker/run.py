@@ -34,7 +34,11 @@ REFRESH_PER_SECOND = 4.0
 async def run_worker(settings: WorkerSettings, bootstrap: str, metrics: WorkerMetrics) -> None:
     """Run one expansion worker until SIGINT/SIGTERM (or cancellation). Raises
     :class:`~finazon_trio.errors.KafkaError` (fenced, fatal) in an exception group."""
-    metrics.group, metrics.worker_id, metrics.endpoint = settings.group, settings.worker_id, bootstrap
+    metrics.group, metrics.worker_id, metrics.endpoint = (
+        settings.group,
+        settings.worker_id,
+        bootstrap,
+    )
     _, producer_config = client_configs(settings, bootstrap)
     plain = {k: v for k, v in producer_config.items() if k != "transactional.id"}
     await wait_for_kafka(plain, settings.kafka.wait)
@@ -57,7 +61,9 @@ async def run_worker(settings: WorkerSettings, bootstrap: str, metrics: WorkerMe
     async with trio.open_nursery() as nursery:
         if settings.metrics_port is not None:
             await nursery.start(
-                functools.partial(serve_metrics, metrics, settings.metrics_port, families_of=families)
+                functools.partial(
+                    serve_metrics, metrics, settings.metrics_port, families_of=families
+                )
             )
         nursery.start_soon(_show_dashboard if settings.dashboard else _log, metrics)
         nursery.start_soon(_watch_signals, loop)
