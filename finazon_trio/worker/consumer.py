@@ -369,11 +369,43 @@ class ExpandLoop:
                 self._abort()
             except KafkaException as exc:
                 self._failed(exc)
+        logger.warning(
+            "lost partitions %s (the group moved on without this worker): the open "
+            "transaction is aborted, they go to another worker",
+            _numbers(partitions),
+        )
+        if self.settings.stable_id:
+            self._probe_fencing(consumer, partitions)
         self._rewind_pending = True
         self._set_assignment(consumer, minus=partitions)
-        logger.warning(
-            "lost partitions %s: their open transaction is aborted", _numbers(partitions)
-        )
+
+    def _probe_fencing(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """A static member that lost its partitions may have been replaced under its id (it
+        was frozen or cut off past the session timeout): ask the transaction coordinator, with
+        a transaction that is aborted, before rejoining, so that a replaced worker stops here
+        instead of taking the partitions back from its successor."""
+        producer = self._producer
+        try:
+            offsets = [
+                tp
+                for tp in consumer.committed(partitions, timeout=TXN_TIMEOUT)
+                if tp.offset is not None and tp.offset >= 0
+            ]
+            if not offsets:
+                return
+            producer.begin_transaction()
+            try:
+                producer.send_offsets_to_transaction(
+                    offsets, consumer.consumer_group_metadata(), TXN_TIMEOUT
+                )
+            finally:
+                producer.abort_transaction(TXN_TIMEOUT)
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, confluent_kafka.KafkaError) and error.fatal():
+                self._fatal = error
+                self._check_fatal()
+            logger.info("after losing partitions: %s", reason(exc))
 
     def _set_assignment(
         self,
