@@ -50,8 +50,13 @@ logger = logging.getLogger(__name__)
 #: the loop sees ``stop`` and a due commit).
 BATCH: Final = 500
 POLL_TIMEOUT: Final = 0.05
-#: Seconds a transactional call (init, send offsets, commit, abort) may take.
-TXN_TIMEOUT: Final = 30.0
+#: Seconds a transactional call (init, send offsets, commit, abort) may take; a retriable
+#: timeout is retried.
+TXN_TIMEOUT: Final = 10.0
+#: A call that has not returned after this long is stuck inside librdkafka (it can wait for a
+#: group coordinator that went away with a restarted broker, ignoring its timeout): the worker
+#: ends with an error, and its restart (which fences the stuck one) recovers.
+STUCK_AFTER: Final = 3 * TXN_TIMEOUT
 #: The producer: ticks of a frame go out together; the transaction commit flushes anyway.
 PRODUCER_DEFAULTS: Final[Config] = {
     "client.id": "finazon-trio-expand",
@@ -119,6 +124,8 @@ class ExpandLoop:
         self._in_txn = False
         self._txn_started = 0.0
         self._rewind_pending = False
+        #: The transactional call under way and when it began (read by the watchdog).
+        self.in_call: tuple[str, float] | None = None
         self._reject_log = RateLimitedLog(logger, 10.0, first=5)
         consumer_config, producer_config = client_configs(settings, bootstrap)
         callbacks = {"error_cb": self._on_error, "logger": librdkafka_logger}
@@ -278,6 +285,7 @@ class ExpandLoop:
         was aborted instead (a rewind is then pending)."""
         while True:
             try:
+                self.in_call = (getattr(method, "__name__", "?"), time.monotonic())
                 method(*args)
                 return True
             except KafkaException as exc:
@@ -288,6 +296,16 @@ class ExpandLoop:
                     logger.info("retrying %s: %s", getattr(method, "__name__", method), reason(exc))
                     continue
                 return self._failed(exc)
+            finally:
+                self.in_call = None
+
+    def stuck(self) -> str | None:
+        """What the loop is stuck in, if a transactional call has not returned for
+        :data:`STUCK_AFTER` seconds (called from the trio thread)."""
+        call = self.in_call
+        if call is not None and time.monotonic() - call[1] > STUCK_AFTER:
+            return call[0]
+        return None
 
     def _failed(self, exc: KafkaException) -> bool:
         """Handle an error of a producer call: abort and rewind (returns False), or raise."""

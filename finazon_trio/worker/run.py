@@ -8,6 +8,7 @@ same and waits for the loop to end.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import logging
 import signal
@@ -17,11 +18,12 @@ import trio
 from rich.console import Console
 from rich.live import Live
 
+from finazon_trio.errors import KafkaError
 from finazon_trio.observe.prometheus import serve_metrics
 from finazon_trio.observe.stats import RateWindow
 from finazon_trio.sink.admin import ensure_topics, wait_for_kafka
 from finazon_trio.worker.config import WorkerSettings
-from finazon_trio.worker.consumer import ExpandLoop, client_configs
+from finazon_trio.worker.consumer import STUCK_AFTER, ExpandLoop, client_configs
 from finazon_trio.worker.display import families, log_line, rate_counters, render
 from finazon_trio.worker.metrics import WorkerMetrics
 
@@ -50,6 +52,7 @@ async def run_worker(settings: WorkerSettings, bootstrap: str, metrics: WorkerMe
         kafka = settings.kafka
         await ensure_topics(plain, topics, kafka.partitions, kafka.replication_factor)
     loop = ExpandLoop(settings, bootstrap, metrics)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it stuck?
     logger.info(
         "worker %s joins group %s on %s (transactional.id %s%s)",
         settings.worker_id,
@@ -68,12 +71,26 @@ async def run_worker(settings: WorkerSettings, bootstrap: str, metrics: WorkerMe
         nursery.start_soon(_show_dashboard if settings.dashboard else _log, metrics)
         nursery.start_soon(_watch_signals, loop)
         nursery.start_soon(_stop_when_cancelled, loop)
+        nursery.start_soon(_watchdog, loop)
         try:
-            await trio.to_thread.run_sync(loop.run)
+            # Abandoned only when the watchdog gives up on a call stuck inside librdkafka.
+            await trio.to_thread.run_sync(loop.run, abandon_on_cancel=True)
         finally:
             loop.stop.set()
             nursery.cancel_scope.cancel()
     logger.info("worker %s stopped: %s", settings.worker_id, log_line(metrics.snapshot(), {}))
+
+
+async def _watchdog(loop: ExpandLoop) -> None:
+    while True:
+        await trio.sleep(1)
+        call = loop.stuck()
+        if call is not None:
+            raise KafkaError(
+                f"librdkafka's {call} has not returned for {STUCK_AFTER:g} s (it can wait for "
+                "a group coordinator that went away with a restarted broker): restart the "
+                "worker; its open transaction is never committed"
+            )
 
 
 async def _stop_when_cancelled(loop: ExpandLoop) -> None:
