@@ -187,7 +187,8 @@ def read_committed(bootstrap: str, topic: str, count: int, timeout: float = 150)
             for message in consumer.consume(10_000, 0.2):
                 if message.error() is None:
                     key, value = message.key(), message.value()
-                    assert isinstance(key, bytes) and isinstance(value, bytes)
+                    assert isinstance(key, bytes)
+                    assert isinstance(value, bytes)
                     out[key].append((value, message.timestamp()[1]))
                     seen += 1
     finally:
@@ -301,7 +302,8 @@ def test_a_frozen_worker_replaced_under_its_id_is_fenced_and_duplicates_nothing(
     status = workers[0].wait(60)
     errors = [line for line in workers[0].text().splitlines() if line.startswith("error:")]
     assert status != 0
-    assert len(errors) == 1 and "fenced" in errors[0], workers[0].text()[-2000:]
+    assert len(errors) == 1, workers[0].text()[-2000:]
+    assert "fenced" in errors[0]
     assert_exactly_once(bootstrap, topics, recording)  # still: nothing of it became visible
     assert workers[1].stop() == 0
 
