@@ -4,9 +4,10 @@ expansion worker turns back into the bar's price ticks and volume record.
 It carries everything :func:`~.expand.expand` needs, the symbol's state before the frame
 included, so that workers hold no per-symbol state: ``expand(*decode(encode(u, e, w)))``
 gives exactly the bytes of ``expand(u, e, w)``. The round trip is exact: floats go through
-orjson's shortest round-trip text, integers stay integers, and the bar's ``raw`` text (for
-``--volume-format raw``) is carried as a string. The format is versioned (README, "Scaling
-out"); a record of another version or anything else is a :class:`~.frames.Reject` with the
+orjson's shortest round-trip text, integers stay integers, and the bar's ``raw`` bytes (for
+``--volume-format raw``) are carried as a string. Encoded with the project's converter
+(:mod:`finazon_trio.codec`), once per frame (not per tick). The format is versioned (README,
+"Scaling out"); a record of another version or anything else is a :class:`~.frames.Reject` with the
 reason :data:`BAD_RECORD`, never an exception.
 """
 
@@ -15,10 +16,9 @@ from __future__ import annotations
 from typing import Final
 
 import attrs
-import cattrs
 import orjson
-from cattrs.preconf.orjson import make_converter
 
+from finazon_trio import codec
 from finazon_trio.settings import Subscription
 from finazon_trio.transform.frames import Bar, Reject
 from finazon_trio.transform.state import BarUpdate
@@ -27,9 +27,6 @@ from finazon_trio.transform.state import BarUpdate
 FRAMES_RECORD_VERSION: Final = 1
 #: The reject reason of a record on the frames topic that a worker cannot read.
 BAD_RECORD: Final = "bad_frames_record"
-
-# One private converter for this module's one type, built once.
-_converter = make_converter()
 
 
 @attrs.frozen(slots=True)
@@ -50,8 +47,9 @@ class FramesRecord:
     l: float  # noqa: E741 - Finazon's name
     c: float
     v: int | float
-    #: The bar as received (UTF-8 JSON text), for ``--volume-format raw``.
-    raw: str
+    #: The bar as received, for ``--volume-format raw`` (JSON text: the codec writes valid
+    #: UTF-8 bytes as a string).
+    raw: bytes
     #: The symbol's state before this frame.
     new_bar: bool
     start: float
@@ -83,7 +81,7 @@ def encode(update: BarUpdate, e: int, interval_ms: int, subscription: Subscripti
         bar.low,
         bar.close,
         bar.volume,
-        bar.raw.decode(),
+        bar.raw,
         update.new_bar,
         update.start,
         update.volume_delta,
@@ -96,7 +94,7 @@ def encode(update: BarUpdate, e: int, interval_ms: int, subscription: Subscripti
         _either(bar.aggregation, sub.aggregation),
         bar.frequency_ms,
     )
-    return orjson.dumps(_converter.unstructure(record))
+    return codec.encode(record)
 
 
 def decode(value: bytes | None) -> tuple[BarUpdate, int, int] | Reject:
@@ -113,13 +111,10 @@ def decode(value: bytes | None) -> tuple[BarUpdate, int, int] | Reject:
         detail = f"version {version!r}, this worker reads version {FRAMES_RECORD_VERSION}"
         return Reject(BAD_RECORD, detail, text)
     try:
-        r = _converter.structure(obj, FramesRecord)
-    except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
-        errors = cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else []
-        return Reject(BAD_RECORD, "; ".join(errors) or str(exc), text)
-    bar = Bar(
-        r.s, r.t, r.o, r.h, r.l, r.c, r.v, r.raw.encode(), r.d, r.p, r.ch, r.f, r.aggr, r.f_ms
-    )
+        r = codec.structure(obj, FramesRecord)
+    except codec.DecodeError as exc:
+        return Reject(BAD_RECORD, str(exc), text)
+    bar = Bar(r.s, r.t, r.o, r.h, r.l, r.c, r.v, r.raw, r.d, r.p, r.ch, r.f, r.aggr, r.f_ms)
     update = BarUpdate(bar, r.new_bar, r.start, r.volume_delta, r.prior_high, r.prior_low)
     return update, r.e, r.interval_ms
 

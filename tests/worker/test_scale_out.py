@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -30,7 +29,9 @@ from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import Output
 from finazon_trio.transform.stage import Transformer
 
-from ..kafka_helpers import ApacheKafka, create_topic, unique_topic
+from ..helpers.cli import command
+from ..helpers.kafka import ApacheKafka, create_topic, unique_topic
+from ..helpers.waiting import wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -74,10 +75,6 @@ class Topics:
             *("--price-ticks-topic", self.ticks, "--volume-stream-topic", self.volume),
             *("--points", str(POINTS), "--no-dashboard"),
         ]
-
-
-def command(*args: str | Path) -> list[str]:
-    return [sys.executable, "-m", "finazon_trio", *map(str, args)]
 
 
 def kafka_args(bootstrap: str, *config: str) -> list[str]:
@@ -175,7 +172,10 @@ def read_committed(bootstrap: str, topic: str, count: int, timeout: float = 150)
     out: ByKey = defaultdict(list)
     seen = 0
     try:
-        until(lambda: bool(consumer.list_topics(topic, timeout=30).topics[topic].partitions))
+        wait_until(
+            lambda: bool(consumer.list_topics(topic, timeout=30).topics[topic].partitions),
+            f"topic {topic}",
+        )
         partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         deadline = time.monotonic() + timeout
@@ -205,13 +205,6 @@ def assert_exactly_once(bootstrap: str, topics: Topics, recording: Path) -> None
         assert set(got) == set(wanted)
         for key, records in wanted.items():
             assert got[key] == records, f"{topic} {key!r}: {len(got[key])} of {len(records)}"
-
-
-def until(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def assigned(*some: Worker) -> Callable[[], bool]:
@@ -255,7 +248,7 @@ def test_a_worker_killed_mid_stream_hands_over_exactly_once(
     create_topic(bootstrap, topics.frames, 6)
     run = ingest(recording, topics, bootstrap, speed=10)  # 12 s of stream
     workers += [Worker(topics, bootstrap, tmp_path / f"w{n}.log") for n in range(2)]
-    until(assigned(*workers), what="an assignment")
+    wait_until(assigned(*workers), "an assignment")
     time.sleep(3)
     workers[0].process.kill()
     assert run.wait(120) == 0
@@ -271,10 +264,10 @@ def test_a_worker_joining_and_one_leaving_mid_stream_keep_exactly_once(
     create_topic(bootstrap, topics.frames, 6)
     run = ingest(recording, topics, bootstrap, speed=10)
     workers.append(Worker(topics, bootstrap, tmp_path / "first.log"))
-    until(assigned(workers[0]), what="the first worker")
+    wait_until(assigned(workers[0]), "the first worker")
     time.sleep(2)
     workers.append(Worker(topics, bootstrap, tmp_path / "second.log"))  # a rebalance
-    until(assigned(workers[1]), what="the second worker")
+    wait_until(assigned(workers[1]), "the second worker")
     time.sleep(2)
     assert workers[0].stop() == 0  # SIGTERM mid-stream: commit, leave
     assert run.wait(120) == 0
@@ -291,7 +284,7 @@ def test_a_frozen_worker_replaced_under_its_id_is_fenced_and_duplicates_nothing(
     create_topic(bootstrap, topics.frames, 3)
     run = ingest(recording, topics, bootstrap, speed=10)
     workers.append(Worker(topics, bootstrap, tmp_path / "old.log", worker_id="w1"))
-    until(assigned(workers[0]), what="the first worker")
+    wait_until(assigned(workers[0]), "the first worker")
     time.sleep(2)
     workers[0].signal(signal.SIGSTOP)
     time.sleep(7)  # past the session timeout
@@ -355,7 +348,7 @@ def test_workers_resume_exactly_once_after_the_broker_is_killed_and_restarted(
     workers += [
         Worker(topics, bootstrap, tmp_path / f"w{n}.log", worker_id=f"w{n}") for n in range(2)
     ]
-    until(assigned(*workers), what="an assignment")
+    wait_until(assigned(*workers), "an assignment")
     time.sleep(2)
     kafka.kill()
     time.sleep(2)
