@@ -18,7 +18,8 @@ from typing import Final
 import attrs
 import orjson
 
-from finazon_trio import codec
+from finazon_trio.codec import DecodeError, structure
+from finazon_trio.codec import encode as encode_json
 from finazon_trio.settings import Subscription
 from finazon_trio.transform.frames import Bar, Reject
 from finazon_trio.transform.state import BarUpdate
@@ -94,7 +95,7 @@ def encode(update: BarUpdate, e: int, interval_ms: int, subscription: Subscripti
         _either(bar.aggregation, sub.aggregation),
         bar.frequency_ms,
     )
-    return codec.encode(record)
+    return encode_json(record)
 
 
 def decode(value: bytes | None) -> tuple[BarUpdate, int, int] | Reject:
@@ -111,8 +112,8 @@ def decode(value: bytes | None) -> tuple[BarUpdate, int, int] | Reject:
         detail = f"version {version!r}, this worker reads version {FRAMES_RECORD_VERSION}"
         return Reject(BAD_RECORD, detail, text)
     try:
-        r = codec.structure(obj, FramesRecord)
-    except codec.DecodeError as exc:
+        r = structure(obj, FramesRecord)
+    except DecodeError as exc:
         return Reject(BAD_RECORD, str(exc), text)
     bar = Bar(r.s, r.t, r.o, r.h, r.l, r.c, r.v, r.raw, r.d, r.p, r.ch, r.f, r.aggr, r.f_ms)
     update = BarUpdate(bar, r.new_bar, r.start, r.volume_delta, r.prior_high, r.prior_low)
