@@ -21,7 +21,13 @@ from rich.live import Live
 from finazon_trio.errors import KafkaError
 from finazon_trio.observe.prometheus import serve_metrics
 from finazon_trio.observe.stats import RateWindow
-from finazon_trio.sink.admin import ensure_topics, wait_for_kafka
+from finazon_trio.sink.admin import (
+    ADMIN_TIMEOUT,
+    Config,
+    admin_client,
+    ensure_topics,
+    wait_for_kafka,
+)
 from finazon_trio.worker.config import WorkerSettings
 from finazon_trio.worker.consumer import STUCK_AFTER, ExpandLoop, client_configs
 from finazon_trio.worker.display import families, log_line, rate_counters, render
@@ -30,6 +36,14 @@ from finazon_trio.worker.metrics import WorkerMetrics
 logger = logging.getLogger(__name__)
 
 LOG_INTERVAL = 5.0
+#: The cluster id of the embedded broker (Tansu), and what it does not guarantee (measured:
+#: docs/scaling-out.md, "On the embedded broker").
+TANSU_CLUSTER_ID = "tansu_cluster"
+EMBEDDED_BROKER_LIMITS = (
+    "Kafka at %s is the embedded broker (Tansu): not exactly once when a worker is replaced "
+    "while frozen (it does not abort the fenced worker's open transaction), and it keeps "
+    "nothing across a restart; use Apache Kafka for exactly once"
+)
 REFRESH_PER_SECOND = 4.0
 
 
@@ -51,6 +65,8 @@ async def run_worker(settings: WorkerSettings, bootstrap: str, metrics: WorkerMe
             topics.append(out.dead_letter_topic)
         kafka = settings.kafka
         await ensure_topics(plain, topics, kafka.partitions, kafka.replication_factor)
+    if await trio.to_thread.run_sync(_is_embedded_broker, plain, abandon_on_cancel=True):
+        logger.warning(EMBEDDED_BROKER_LIMITS, bootstrap)
     loop = ExpandLoop(settings, bootstrap, metrics)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: where is it stuck?
     logger.info(
@@ -79,6 +95,11 @@ async def run_worker(settings: WorkerSettings, bootstrap: str, metrics: WorkerMe
             loop.stop.set()
             nursery.cancel_scope.cancel()
     logger.info("worker %s stopped: %s", settings.worker_id, log_line(metrics.snapshot(), {}))
+
+
+def _is_embedded_broker(config: Config) -> bool:
+    cluster_id = admin_client(config).list_topics(timeout=ADMIN_TIMEOUT).cluster_id
+    return cluster_id == TANSU_CLUSTER_ID
 
 
 async def _watchdog(loop: ExpandLoop) -> None:
