@@ -50,7 +50,7 @@ from finazon_trio.settings import KafkaSettings
 from finazon_trio.sink.broker import EmbeddedBroker, broker_binary
 from finazon_trio.sink.publisher import producer_config
 
-from .report import print_report, replay_split, sustained, targets
+from .report import print_report, print_scale_out, replay_split, sustained, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     load_before = os.getloadavg()
     started = datetime.datetime.now(datetime.UTC)
+    if args.scale_out:
+        return _scale_out_main(args)
     with tempfile.TemporaryDirectory(prefix="finazon-bench-") as tmp:
         recording, tickers, minutes = _recording(Path(tmp), args.frames)
         config = [list(item) for item in args.kafka_config]
@@ -160,6 +162,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--live-seconds", type=float, default=12.0, help="per rate and run")
     parser.add_argument("--live-warmup", type=float, default=LIVE_WARMUP)
     parser.add_argument("--live-tickers", type=int, default=LIVE_TICKERS)
+    parser.add_argument(
+        "--scale-out",
+        action="store_true",
+        help="only the scale-out figures: live against the ingest role at --live-rates, "
+        "and the expansion workers (benchmarks/README.md, Scaling out)",
+    )
     parser.add_argument(
         "--kafka-config",
         action="append",
@@ -260,7 +268,13 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _live_rate(
-    rate: int, args: argparse.Namespace, bootstrap: str, config: list[list[str]], spool_dir: str
+    rate: int,
+    args: argparse.Namespace,
+    bootstrap: str,
+    config: list[list[str]],
+    spool_dir: str,
+    *,
+    ingest: bool = False,
 ) -> dict[str, Any]:
     """One offered rate, ``--repeat`` times, each against a fresh server."""
     runs = []
@@ -280,12 +294,62 @@ def _live_rate(
                     seconds=args.live_seconds,
                     warmup=args.live_warmup,
                     spool_dir=spool_dir,
+                    frames_topic=f"{topics[0]}-frames" if ingest else None,
                 )
             )
     summary = _summary(runs)
     summary["offered_per_s"] = rate
     summary["speed"] = speed
     return summary
+
+
+def _scale_out_main(args: argparse.Namespace) -> int:
+    """The scale-out figures in one run (see ``--scale-out``), printed and written as JSON."""
+    from .scale_out import fill_frames
+
+    with tempfile.TemporaryDirectory(prefix="finazon-bench-") as tmp:
+        recording, _, _ = _recording(Path(tmp), args.frames)
+        config = [list(item) for item in args.kafka_config]
+        with _broker(args, Path(tmp)) as (bootstrap, broker):
+            _warm_up(bootstrap, recording, config)
+            spool_dir = str(Path(tmp) / "spool")
+            live = {
+                role: [
+                    _live_rate(r, args, bootstrap, config, spool_dir, ingest=role == "ingest")
+                    for r in args.live_rates
+                ]
+                for role in ("single", "ingest")
+            }
+            frames_topic = f"bench-frames-{time.time_ns()}"
+            records = fill_frames(recording, bootstrap, frames_topic)
+            arguments = {"bootstrap": bootstrap, "frames_topic": frames_topic, "records": records}
+            workers: dict[str, Any] = {}
+            for i in range(args.repeat):
+                workers.setdefault("transactions", []).append(
+                    _measure("worker", tag=f"txn{i}-{time.time_ns()}", **arguments)
+                )
+                workers.setdefault("plain", []).append(
+                    _measure("worker_plain", tag=f"plain{i}-{time.time_ns()}", **arguments)
+                )
+            for count in (1, 2):
+                workers[f"processes_{count}"] = _measure(
+                    "worker_processes", tag=f"p{count}-{time.time_ns()}", count=count, **arguments
+                )
+            latency = _measure("latency", tag=f"lat-{time.time_ns()}", rate=500, seconds=10)
+    report = {
+        "broker": broker,
+        "machine": _machine(),
+        "live": live,
+        "records": records,
+        "workers": {k: _summary(v) if isinstance(v, list) else v for k, v in workers.items()},
+        "latency": latency,
+    }
+    print_scale_out(report)
+    path = args.json.with_name("scale-out.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"\nJSON: {path}")
+    return 0
 
 
 @contextlib.contextmanager

@@ -43,16 +43,21 @@ def live(
     seconds: float,
     warmup: float,
     spool_dir: str,
+    frames_topic: str | None = None,
 ) -> dict[str, Any]:
-    """Measure one offered rate; see the module docstring."""
+    """Measure one offered rate; see the module docstring. ``frames_topic``: the ingest role
+    (README, "Scaling out"), publishing frames records there (12 partitions) instead."""
     settings = Settings(
         subscription=Subscription(tickers=tuple(f"T{i:04d}" for i in range(tickers))),
-        output=Output(price_ticks_topic=topics[0], volume_stream_topic=topics[1]),
+        output=Output(
+            price_ticks_topic=topics[0], volume_stream_topic=topics[1], frames_topic=frames_topic
+        ),
         kafka=KafkaSettings(
             endpoint=bootstrap,
             config=tuple((k, v) for k, v in config),
             flush_timeout=FLUSH_TIMEOUT,
             spool_dir=Path(spool_dir),
+            partitions=12 if frames_topic else 1,
         ),
         live=LiveSettings(url=f"ws://127.0.0.1:{port}/v1", api_key="bench"),
         dashboard=False,

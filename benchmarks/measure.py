@@ -187,7 +187,21 @@ def _live(**kwargs: Any) -> Result:
     return live(**kwargs)
 
 
+def _scale_out(name: str) -> Callable[..., Result]:
+    def run(**kwargs: Any) -> Result:
+        from . import scale_out  # the worker's imports only where needed
+
+        result: Result = getattr(scale_out, name)(**kwargs)
+        return result
+
+    return run
+
+
 KINDS: dict[str, Callable[..., Result]] = {
+    "worker": _scale_out("worker"),
+    "worker_plain": _scale_out("worker_plain"),
+    "worker_processes": _scale_out("worker_processes"),
+    "latency": _scale_out("latency"),
     "transform": transform,
     "spool": spool,
     "limit": limit,

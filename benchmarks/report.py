@@ -166,3 +166,52 @@ def print_report(report: dict[str, Any]) -> None:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def print_scale_out(report: dict[str, Any]) -> None:
+    """The scale-out figures: live single process against the ingest role, then the workers."""
+    print(
+        "\n  role      offered/s received/s    backlog     p50 ms     p99 ms client CPU  sustained"
+    )
+    best: dict[str, int] = {}
+    for role, rates in report["live"].items():
+        for rate in rates:
+            m = rate["median"]
+            ok = sustained(rate) and (m["latency_p99_ms"] or 1e9) < 250
+            if ok:
+                best[role] = max(best.get(role, 0), rate["offered_per_s"])
+            print(
+                f"  {role:8} {rate['offered_per_s']:>10,} {m['received_per_s']:>10,.0f} "
+                f"{m['backlog_end_frames']:>10,.0f} {_ms(m['latency_p50_ms']):>10} "
+                f"{_ms(m['latency_p99_ms']):>10} {m['client_cpu']:>10.0%} "
+                f"{'yes' if ok else 'no':>10}"
+            )
+    workers = report["workers"]
+    txn = workers["transactions"]["median"]
+    plain = workers["plain"]["median"]
+    cost = txn["cpu_us_per_message"] / plain["cpu_us_per_message"] - 1
+    print(f"\n  worker ({report['records']:,} frames records, 91 messages each)")
+    print("                         messages/s  CPU us/msg")
+    for label, m in (("with transactions", txn), ("without", plain)):
+        print(f"  {label:22} {m['messages_per_s']:>10,.0f} {m['cpu_us_per_message']:>11.2f}")
+    for count in (1, 2):
+        m = workers[f"processes_{count}"]
+        print(
+            f"  {count} worker process{'es' if count > 1 else '  '}     "
+            f"{m['messages_per_s']:>10,.0f} {m['cpu_us_per_message']:>11.2f}"
+        )
+    lat = report["latency"]
+    print(
+        f"\n  end to end, frames record to ticks visible to read_committed, {lat['rate']} frames/s:"
+        f" p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms ({lat['frames']:,} frames)"
+    )
+    single, ingest = best.get("single", 0), best.get("ingest", 0)
+    ratio = ingest / single if single else float("inf")
+    print(
+        f"\n{'PASS' if ratio >= 3 else 'MISS'} ingest role sustains >= 3 x single-process live: "
+        f"{ingest:,} / {single:,} frames/s = {ratio:.1f}"
+    )
+    print(
+        f"{'PASS' if cost < 0.10 else 'MISS'} transactions cost < 10% CPU a message: "
+        f"{cost:+.0%} ({txn['cpu_us_per_message']:.2f} vs {plain['cpu_us_per_message']:.2f} us)"
+    )
