@@ -42,6 +42,8 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("python", "scripts/apache_kafka.py", "fetch")
     session.run("python", "-m", "benchmarks.bench", *session.posargs)
+    # Scaling out: the ingest role against single-process live, the workers (benchmarks/README.md)
+    session.run("python", "-m", "benchmarks.bench", "--scale-out", *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -64,8 +64,15 @@ def fill_frames(recording: str, bootstrap: str, topic: str) -> int:
     return count
 
 
-def _output(tag: str) -> Output:
-    return Output(price_ticks_topic=f"ticks-{tag}", volume_stream_topic=f"volume-{tag}")
+def _output(tag: str, bootstrap: str | None = None) -> Output:
+    """The output topics of one measurement; created if ``bootstrap`` is given."""
+    out = Output(price_ticks_topic=f"ticks-{tag}", volume_stream_topic=f"volume-{tag}")
+    if bootstrap is not None:
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        topics = [out.price_ticks_topic, out.volume_stream_topic]
+        for future in admin.create_topics([NewTopic(t, 1, 1) for t in topics]).values():
+            future.result(30)
+    return out
 
 
 def worker(bootstrap: str, frames_topic: str, records: int, tag: str) -> dict[str, Any]:
@@ -73,7 +80,7 @@ def worker(bootstrap: str, frames_topic: str, records: int, tag: str) -> dict[st
     ``records``: messages/s and CPU us a message (this process, librdkafka's threads too)."""
     settings = WorkerSettings(
         frames_topic=frames_topic,
-        output=_output(tag),
+        output=_output(tag, bootstrap),
         kafka=KafkaSettings(endpoint=bootstrap),
         group=f"bench-{tag}",
         worker_id=tag,
@@ -122,7 +129,7 @@ def worker_plain(bootstrap: str, frames_topic: str, records: int, tag: str) -> d
             "queue.buffering.max.messages": 200_000,
         }
     )
-    output, subscription = _output(tag), Subscription()
+    output, subscription = _output(tag, bootstrap), Subscription()
     consumer.subscribe([frames_topic])
     done = messages = 0
     start = cpu = 0.0

@@ -85,6 +85,15 @@ _FENCED: Final = frozenset(
         confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
     }
 )
+#: Produce errors that no retry cures: the worker stops (its transaction is never committed).
+_REFUSED: Final = frozenset(
+    {
+        confluent_kafka.KafkaError._UNKNOWN_TOPIC,
+        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
+        confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+    }
+)
 _SUBSCRIPTION: Final = Subscription()  # never consulted: records carry every text field
 
 
@@ -219,6 +228,13 @@ class ExpandLoop:
                 except BufferError:  # backpressure: serve deliveries, then retry
                     self._producer.poll(0.05)
                 except KafkaException as exc:
+                    error = exc.args[0] if exc.args else None
+                    if isinstance(error, confluent_kafka.KafkaError) and error.code() in _REFUSED:
+                        # Retrying cannot help: stop rather than abort and rewind forever.
+                        raise KafkaError(
+                            f"Kafka refuses messages for topic {topic}: {error.str()} (create "
+                            "it, or run without --no-create-topics)"
+                        ) from None
                     if not self._failed(exc):
                         return False
         self.metrics.records += 1
