@@ -37,10 +37,11 @@ from finazon_trio.errors import ConfigurationError, KafkaError
 from finazon_trio.observe.metrics import latency_bucket
 from finazon_trio.observe.ratelog import RateLimitedLog
 from finazon_trio.settings import Subscription
-from finazon_trio.sink.admin import Config, librdkafka_logger, reason
+from finazon_trio.sink.admin import librdkafka_logger, reason
 from finazon_trio.transform.expand import expand
 from finazon_trio.transform.frames import Reject
 from finazon_trio.transform.record import decode
+from finazon_trio.worker.clients import FENCED, REFUSED, WorkerFenced, client_configs
 from finazon_trio.worker.config import WorkerSettings
 from finazon_trio.worker.metrics import WorkerMetrics
 
@@ -57,68 +58,7 @@ TXN_TIMEOUT: Final = 10.0
 #: group coordinator that went away with a restarted broker, ignoring its timeout): the worker
 #: ends with an error, and its restart (which fences the stuck one) recovers.
 STUCK_AFTER: Final = 3 * TXN_TIMEOUT
-#: The producer: ticks of a frame go out together; the transaction commit flushes anyway.
-PRODUCER_DEFAULTS: Final[Config] = {
-    "client.id": "finazon-trio-expand",
-    "acks": "all",
-    "compression.type": "lz4",
-    "linger.ms": 5,
-    "batch.size": 1_000_000,
-    "batch.num.messages": 10_000,
-    "queue.buffering.max.messages": 200_000,
-    "transaction.timeout.ms": 60_000,
-}
-CONSUMER_DEFAULTS: Final[Config] = {
-    "client.id": "finazon-trio-expand",
-    "isolation.level": "read_committed",
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-    "auto.offset.reset": "earliest",
-    "partition.assignment.strategy": "cooperative-sticky",
-    "statistics.interval.ms": 1000,
-}
-_FENCED: Final = frozenset(
-    {
-        confluent_kafka.KafkaError._FENCED,
-        confluent_kafka.KafkaError.PRODUCER_FENCED,
-        confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH,
-        confluent_kafka.KafkaError.FENCED_INSTANCE_ID,
-    }
-)
-#: Produce errors that no retry cures: the worker stops (its transaction is never committed).
-_REFUSED: Final = frozenset(
-    {
-        confluent_kafka.KafkaError._UNKNOWN_TOPIC,
-        confluent_kafka.KafkaError.UNKNOWN_TOPIC_OR_PART,
-        confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED,
-        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
-    }
-)
 _SUBSCRIPTION: Final = Subscription()  # never consulted: records carry every text field
-
-
-class WorkerFenced(KafkaError):
-    """Another worker with the same id took over: this one must stop."""
-
-
-def client_configs(settings: WorkerSettings, bootstrap: str) -> tuple[Config, Config]:
-    """(consumer, producer) settings: the defaults, then ``--kafka-config`` for both."""
-    extra = dict(settings.kafka.config)
-    consumer: Config = {
-        "bootstrap.servers": bootstrap,
-        **CONSUMER_DEFAULTS,
-        "group.id": settings.group,
-        **extra,
-    }
-    if settings.stable_id:
-        consumer["group.instance.id"] = settings.worker_id
-    producer: Config = {
-        "bootstrap.servers": bootstrap,
-        **PRODUCER_DEFAULTS,
-        "transactional.id": settings.transactional_id,
-        **extra,
-    }
-    return consumer, producer
 
 
 class ExpandLoop:
@@ -228,11 +168,14 @@ class ExpandLoop:
                 except BufferError:  # backpressure: serve deliveries, then retry
                     self._producer.poll(0.05)
                 except KafkaException as exc:
-                    error = exc.args[0] if exc.args else None
-                    if isinstance(error, confluent_kafka.KafkaError) and error.code() in _REFUSED:
+                    refused = exc.args[0] if exc.args else None
+                    if (
+                        isinstance(refused, confluent_kafka.KafkaError)
+                        and refused.code() in REFUSED
+                    ):
                         # Retrying cannot help: stop rather than abort and rewind forever.
                         raise KafkaError(
-                            f"Kafka refuses messages for topic {topic}: {error.str()} (create "
+                            f"Kafka refuses messages for topic {topic}: {refused.str()} (create "
                             "it, or run without --no-create-topics)"
                         ) from None
                     if not self._failed(exc):
@@ -362,7 +305,7 @@ class ExpandLoop:
     def _is_fenced(self) -> bool:
         error = self._fatal
         # A ``_FATAL`` error names the underlying one in its text only.
-        return error is not None and (error.code() in _FENCED or "fenced" in error.str().lower())
+        return error is not None and (error.code() in FENCED or "fenced" in error.str().lower())
 
     def _rewind(self) -> None:
         """Seek every assigned partition back to its committed offset (after an abort)."""

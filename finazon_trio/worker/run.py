@@ -28,8 +28,9 @@ from finazon_trio.sink.admin import (
     ensure_topics,
     wait_for_kafka,
 )
+from finazon_trio.worker.clients import client_configs
 from finazon_trio.worker.config import WorkerSettings
-from finazon_trio.worker.consumer import STUCK_AFTER, ExpandLoop, client_configs
+from finazon_trio.worker.consumer import STUCK_AFTER, ExpandLoop
 from finazon_trio.worker.display import families, log_line, rate_counters, render
 from finazon_trio.worker.metrics import WorkerMetrics
 
