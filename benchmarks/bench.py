@@ -254,6 +254,8 @@ def _brief(result: dict[str, Any]) -> str:
             f"{result['received_per_s']:.0f}/{result['offered_per_s']:.0f} frames/s, "
             f"p99 {result['latency_p99_ms'] or 0:.0f} ms"
         )
+    if "p99_ms" in result:  # the scale-out latency
+        return f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms"
     return f"{result['frames_per_s']:.0f} frames/s, {result['messages_per_s']:.0f} messages/s"
 
 

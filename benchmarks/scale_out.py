@@ -100,6 +100,7 @@ def worker(bootstrap: str, frames_topic: str, records: int, tag: str) -> dict[st
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     messages = metrics.messages - first
     return {
+        "frames_per_s": messages / (Output().points + 1) / elapsed,
         "messages": messages,
         "messages_per_s": messages / elapsed,
         "cpu_us_per_message": cpu / messages * 1e6,
@@ -155,6 +156,7 @@ def worker_plain(bootstrap: str, frames_topic: str, records: int, tag: str) -> d
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     consumer.close()
     return {
+        "frames_per_s": done / elapsed,
         "messages": messages,
         "messages_per_s": messages / elapsed,
         "cpu_us_per_message": cpu / messages * 1e6,
@@ -197,6 +199,7 @@ def worker_processes(
         watcher.close()
     messages = records * (Output().points + 1)
     return {
+        "frames_per_s": records / elapsed,
         "workers": count,
         "messages_per_s": messages / elapsed,
         "cpu_us_per_message": cpu / messages * 1e6,
