@@ -337,7 +337,9 @@ def _scale_out_main(args: argparse.Namespace) -> int:
                 workers[f"processes_{count}"] = _measure(
                     "worker_processes", tag=f"p{count}-{time.time_ns()}", count=count, **arguments
                 )
-            latency = _measure("latency", tag=f"lat-{time.time_ns()}", rate=500, seconds=10)
+            latency = _measure(
+                "latency", tag=f"lat-{time.time_ns()}", bootstrap=bootstrap, rate=500, seconds=10
+            )
     report = {
         "broker": broker,
         "machine": _machine(),
