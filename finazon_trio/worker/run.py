@@ -2,8 +2,11 @@
 dashboard or log line, and ``--metrics-port``.
 
 SIGINT/SIGTERM set the loop's ``stop``: it commits (or aborts) the open transaction and closes
-its consumer, leaving the group; the worker then returns. Cancelling :func:`run_worker` does the
-same and waits for the loop to end.
+its consumer, leaving the group; the worker then returns. Cancelling :func:`run_worker` sets
+``stop`` too but does not wait: the loop's thread is abandoned and finishes on its own (a
+transaction it had not committed stays uncommitted, which is safe). The watchdog uses that when
+a transactional call is stuck inside librdkafka (:data:`~.consumer.STUCK_AFTER`). SIGUSR1
+dumps every thread's stack to stderr.
 """
 
 from __future__ import annotations
