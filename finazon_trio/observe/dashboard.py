@@ -149,6 +149,8 @@ def _connection(snap: Snapshot, now: float) -> Table:
     slots = src.get("slot_states") or {}
     if len(slots) > 1:
         grid.add_row("slots", Text(" ").join(_state_dot(slots[k]) for k in sorted(slots)))
+        frames = src.get("slot_frames") or {}
+        grid.add_row("frames", " · ".join(f"{fmt_count(frames.get(k, 0))}" for k in sorted(slots)))
     grid.add_row("endpoint", redact(src.get("endpoint") or DASH))
     reconnects = src.get("reconnects", 0)
     count = (f"{reconnects:,} reconnects", WARN if reconnects else "")

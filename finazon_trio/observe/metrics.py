@@ -54,6 +54,8 @@ class SourceMetrics:
     #: stale (quiet for 2/3 of the stale timeout), backing off, failed, stopped. ``state`` is
     #: the worst of them.
     slot_states: dict[int, SourceState] = attrs.field(factory=dict)
+    #: Text frames received on each connection slot (1..N).
+    slot_frames: dict[int, int] = attrs.field(factory=dict)
     #: Handshakes that failed (refused, timed out, rejected).
     connect_failures: int = 0
     #: Established connections that ended, and why the last one did.

@@ -179,6 +179,13 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         lines_read="replay_lines_read|Recording lines read.",
         corrupt_lines="replay_corrupt_lines|Recording lines skipped as corrupt.",
     )
+    yield _labelled(
+        CounterMetricFamily,
+        "connection_frames",
+        "Text frames received on each connection slot (--connections).",
+        "slot",
+        src.get("slot_frames") or {},
+    )
     yield _gauge(
         "replay_lines", "Lines in the recording being replayed.", src.get("lines_total", 0)
     )

@@ -197,6 +197,8 @@ class Connection:
             text = text.replace(self.source.key, REDACTED)
         self._last_message = trio.current_time()
         self.metrics.frames += 1
+        slots = self.metrics.slot_frames
+        slots[self.slot] = slots.get(self.slot, 0) + 1
         self.metrics.last_message_ns = t_ns
         await self._emit(Received(t_ns, self.number, text))
         kind = classify(text, self.tickers)
