@@ -7,7 +7,6 @@ import datetime as dt
 import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ from rich.console import Console
 from finazon_trio.errors import ConfigurationError
 from finazon_trio.observe.metrics import Metrics, PublisherMetrics
 from finazon_trio.observe.summary import summary_table
-from finazon_trio.pipeline import RunResult, Source, run_pipeline
+from finazon_trio.pipeline import STOP_SIGNALS, RunResult, Source, run_pipeline
 from finazon_trio.recording import RecordingHeader, header_from_settings, read_header
 from finazon_trio.server.app import serve as serve_clients
 from finazon_trio.server.config import ServerConfig
@@ -216,7 +215,7 @@ async def _until_interrupted(service: Callable[..., Awaitable[object]]) -> None:
     async with trio.open_nursery() as nursery:
         started = await nursery.start(service)
         logger.info("listening on %s; Ctrl-C stops", started)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 return
