@@ -5,11 +5,12 @@ Live mode (``metrics.mode == "live"``) adds the spool (:mod:`.spool`): a live so
 made to wait, so it starts at once, and whatever Kafka cannot take yet (it has not answered at
 start, or it is slow or away) waits on disk. A replay waits for Kafka instead.
 
-Shutdown: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) cancels only the source. Its channel closes, the transform
-drains and closes its own, the spool hands over its backlog and the publisher flushes what is
-queued, all within the flush deadline (``--flush-timeout``) counted from the moment the source
-stopped; what Kafka has not taken by then goes to the failed-messages file (or stays in the
-spool directory). A second signal cancels everything at once.
+Shutdown: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) cancels only the source.
+Its channel closes, the transform drains and closes its own, the spool hands over its backlog
+and the publisher flushes what is queued, all within the flush deadline (``--flush-timeout``)
+counted from the moment the source stopped; what Kafka has not taken by then goes to the
+failed-messages file (or stays in the spool directory). A second signal cancels everything at
+once.
 """
 
 from __future__ import annotations
