@@ -141,7 +141,11 @@ async def _run_stages(
         )
         spool = None
         if metrics.mode == "live":
-            spool = Spool(spool_path(settings.kafka.spool_root, run_id), metrics.publisher)
+            spool = Spool(
+                spool_path(settings.kafka.spool_root, run_id),
+                metrics.publisher,
+                sync=settings.kafka.spool_sync,
+            )
         else:
             await _reach_kafka(settings, config, metrics)
         transformer = Transformer(

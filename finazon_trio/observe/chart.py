@@ -58,7 +58,8 @@ def render_chart(
         return Text(f"{title}\nno record of {symbol} yet; waiting…")
     bar_ms = bar_seconds * 1000
     end = max([t.time_ms for t in ticks[-1:]] + [(b.time_s * 1000) + bar_ms - 1 for b in bars[-1:]])
-    shown = max(1, plot_width // MIN_BAR_COLUMNS)
+    first = min([t.time_ms for t in ticks[:1]] + [b.time_s * 1000 for b in bars[:1]])
+    shown = max(1, min(plot_width // MIN_BAR_COLUMNS, end // bar_ms - first // bar_ms + 1))
     start = (end // bar_ms - shown + 1) * bar_ms
     span = shown * bar_ms
     bars = [b for b in bars if b.time_s * 1000 >= start]
@@ -111,7 +112,7 @@ def _title(symbol: str, ticks: Sequence[Tick], bars: Sequence[Bar]) -> str:
     parts = [symbol]
     if ticks:
         parts.append(f"last {ticks[-1].price:g} at {_clock(ticks[-1].time_ms)} UTC")
-    parts.append(f"{len(ticks):,} ticks, {len(bars):,} bars read")
+    parts.append(f"{len(ticks):,} ticks and {len(bars):,} bars kept")
     return "   ".join(parts)
 
 

@@ -39,7 +39,7 @@ POLL_BATCH = 1000
 #: Chart redraws per second.
 CHART_FPS = 4
 #: What the chart keeps of the symbol: the newest ticks and bars.
-CHART_TICKS = 20_000
+CHART_TICKS = 100_000
 CHART_BARS = 500
 
 
