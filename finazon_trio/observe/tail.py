@@ -19,7 +19,7 @@ from typing import TextIO
 import attrs
 import orjson
 import trio
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka import KafkaError as ClientError
 from confluent_kafka import Message as KafkaMessage
 from rich.console import Console
@@ -130,10 +130,11 @@ async def tail(config: Config, wait: float, options: TailOptions, out: TextIO) -
     await wait_for_kafka(config, wait)
     consumer = await trio.to_thread.run_sync(_open, config, options)
     try:
+        endpoint = endpoint_of(config)
         if options.chart is None:
-            await _print(consumer, options, out)
+            await _print(consumer, options, out, endpoint)
         else:
-            await _chart(consumer, options, out)
+            await _chart(consumer, options, out, endpoint)
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(consumer.close)
@@ -165,27 +166,48 @@ def _open(config: Config, options: TailOptions) -> Consumer:
             f"no topic {', '.join(missing)} at {endpoint_of(config)} (its topics: "
             f"{', '.join(there) or 'none'}); name one with --topic"
         )
-    offset = OFFSET_BEGINNING if options.from_beginning else OFFSET_END
-    consumer.assign(
-        [
-            TopicPartition(topic, partition, offset)
-            for topic in options.topics
-            for partition in sorted(metadata.topics[topic].partitions)
-        ]
-    )
+    partitions = []
+    try:
+        for topic in options.topics:
+            for partition in sorted(metadata.topics[topic].partitions):
+                # The end as of now, not as of the first fetch: what is produced after this
+                # returns is shown.
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=ADMIN_TIMEOUT
+                )
+                start = low if options.from_beginning else high
+                partitions.append(TopicPartition(topic, partition, start))
+    except KafkaException as exc:
+        consumer.close()
+        raise KafkaError(
+            f"cannot read the offsets at {endpoint_of(config)}: {reason(exc)}"
+        ) from None
+    consumer.assign(partitions)
+    if options.from_beginning:
+        logger.info(
+            "reading %s at %s from the beginning", ", ".join(options.topics), endpoint_of(config)
+        )
     return consumer
 
 
 class _Reader:
-    """Polls in a worker thread; keeps count, tracks the end of the history and the keys seen."""
+    """Polls in a worker thread; keeps count, tracks the end of the history and the keys seen.
 
-    def __init__(self, consumer: Consumer, options: TailOptions) -> None:
+    From the end, a partition's records count only once its end has been reached (its first
+    end-of-partition event), and the log says when every partition's has: a broker may name an
+    end that lies before its last records (Tansu 0.6 answers a ListOffsets for the latest offset
+    with the start of its last batch), and what comes before the real end is old.
+    """
+
+    def __init__(self, consumer: Consumer, options: TailOptions, endpoint: str) -> None:
+        self.endpoint = endpoint
         self.consumer = consumer
         self.options = options
         self.taken = 0
         self.keys: set[bytes] = set()
         self._at_end: set[tuple[str, int]] = set()
         self._checked = not (options.from_beginning and options.key is not None)
+        self.partitions = len(consumer.assignment())
 
     @property
     def done(self) -> bool:
@@ -198,14 +220,17 @@ class _Reader:
         out = []
         for message in polled:
             error = message.error()
+            where = (message.topic() or "", message.partition() or 0)
             if error is not None:
                 if error.code() == ClientError._PARTITION_EOF:
-                    self._at_end.add((message.topic() or "", message.partition() or 0))
+                    self._reached_end(where)
                     continue
                 if error.fatal() or error.code() == ClientError.UNKNOWN_TOPIC_OR_PART:
                     raise KafkaError(f"reading {message.topic()} failed: {error.str()}")
                 logger.warning("reading %s: %s", message.topic(), error.str())
                 continue
+            if not self.options.from_beginning and where not in self._at_end:
+                continue  # older than the end (see the class's docstring)
             key = message.key()
             if isinstance(key, bytes):
                 self.keys.add(key)
@@ -218,8 +243,19 @@ class _Reader:
         self._check_symbol()
         return out
 
+    def _reached_end(self, where: tuple[str, int]) -> None:
+        if where in self._at_end:
+            return
+        self._at_end.add(where)
+        if not self.options.from_beginning and len(self._at_end) == self.partitions:
+            logger.info(
+                "reading %s at %s from the end; Ctrl-C stops",
+                ", ".join(self.options.topics),
+                self.endpoint,
+            )
+
     def _check_symbol(self) -> None:
-        if self._checked or len(self._at_end) < len(self.consumer.assignment()):
+        if self._checked or len(self._at_end) < self.partitions:
             return
         self._checked = True
         wanted = self.options.key
@@ -232,8 +268,8 @@ class _Reader:
         )
 
 
-async def _print(consumer: Consumer, options: TailOptions, out: TextIO) -> None:
-    reader = _Reader(consumer, options)
+async def _print(consumer: Consumer, options: TailOptions, out: TextIO, endpoint: str) -> None:
+    reader = _Reader(consumer, options, endpoint)
     while not reader.done:
         messages = await reader.batch()
         if not messages:
@@ -257,10 +293,10 @@ def _write(out: TextIO, text: str) -> bool:
     return True
 
 
-async def _chart(consumer: Consumer, options: TailOptions, out: TextIO) -> None:
+async def _chart(consumer: Consumer, options: TailOptions, out: TextIO, endpoint: str) -> None:
     assert options.chart is not None
     chart = _Chart(options.chart)
-    reader = _Reader(consumer, options)
+    reader = _Reader(consumer, options, endpoint)
     console = Console(file=out)
 
     def draw() -> Text:
