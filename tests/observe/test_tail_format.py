@@ -53,7 +53,9 @@ def test_the_chart_draws_a_candle_per_bar_and_the_ticks_around_them() -> None:
     assert lines[-1].split() == ["15:40", "15:41"]
     assert "104.00" in lines[1]  # the top of the scale is the highest high
     plot = "\n".join(lines[1:-2])
-    assert plot.count("█") >= 2 and "│" in plot and "•" in plot
+    assert plot.count("█") >= 2
+    assert "│" in plot
+    assert "•" in plot
     # The rising bar's body sits left of the falling one's, both in the plot's columns.
     columns = [line.index("█") for line in lines[1:-2] if "█" in line]
     assert min(columns) < max(columns)
