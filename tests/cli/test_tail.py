@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,29 +17,16 @@ import pytest
 from finazon_trio import schemas
 from finazon_trio.server.synthetic import generate_recording
 
-from ..conftest import BROKERS
-from ..contract import Expected, by_topic, expected_messages
-from ..kafka_helpers import free_port, produce_all, unique_topic
-from ..test_end_to_end import received_frames
+from ..helpers.cli import command
+from ..helpers.cli import run_cli as run
+from ..helpers.contract import Expected, by_topic, expected_messages, received_frames
+from ..helpers.kafka import free_port, one_broker, produce_all, unique_topic
+from ..helpers.paths import ROOT
+from ..helpers.waiting import WAIT_TIMEOUT as TIMEOUT
 
-ROOT = Path(__file__).resolve().parents[2]
-#: Real seconds a child process may take.
-TIMEOUT = 60.0
 #: 2 tickers x 2 minutes of 1 s updates: 240 frames, 21,840 messages.
 TICKERS = ("AAPL", "MSFT")
 START_S = 1_731_080_400
-one_broker = pytest.mark.parametrize("kafka_bootstrap", [BROKERS[-1]], indirect=True)
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "finazon_trio", *args]
-
-
-def run(*args: str, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_ENDPOINT"}
-    return subprocess.run(
-        command(*args), capture_output=True, text=True, timeout=timeout, env=env, check=False
-    )
 
 
 def replayed(bootstrap: str, tmp_path: Path) -> tuple[str, str, list[Expected]]:
