@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from finazon_trio import schemas
-from finazon_trio.transform.frames import REASONS, parse_frame
 from finazon_trio.transform.expand import tick_values
+from finazon_trio.transform.frames import REASONS, parse_frame
 
 
 def test_every_schema_is_a_valid_json_schema_with_a_title() -> None:

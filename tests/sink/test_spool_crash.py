@@ -84,7 +84,8 @@ async def test_republish_delivers_every_frame_a_killed_runs_spool_accepted_once_
     assert frames >= FRAMES_BEFORE_KILL
     assert len(accepted) == frames * PER_FRAME
     texts = [json.dumps(bar) for bar in bar_frames(sent)][:frames]
-    events = [(r.timestamp * 1_000_000, text) for r, text in zip(records[volume], texts, strict=True)]
+    times = [r.timestamp * 1_000_000 for r in records[volume]]
+    events = list(zip(times, texts, strict=True))
     expected = expected_messages(events, price_topic=ticks, volume_topic=volume)
     for topic in (ticks, volume):
         assert_topic_matches(records[topic], by_topic(expected, topic))
