@@ -216,5 +216,5 @@ def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
         "--spool-sync",
         action="store_true",
         default=_KAFKA.spool_sync,
-        help="fsync the spool, so that it survives a machine crash (slower; see docs/kafka.md)",
+        help="live mode: fsync the spool, so that it survives a machine crash (see docs/kafka.md)",
     )
