@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from finazon_trio import schemas
+from finazon_trio.cli.main import main
 from finazon_trio.server.synthetic import generate_recording
 
 from ..helpers.cli import command
@@ -50,9 +51,12 @@ def parsed(line: str) -> tuple[str, str, str, object]:
     return topic, key, when, orjson.loads(value)
 
 
-@pytest.fixture
-def published(kafka_bootstrap: str, tmp_path: Path) -> tuple[str, str, list[Expected]]:
-    return replayed(kafka_bootstrap, tmp_path)
+@pytest.fixture(scope="module")
+def published(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str, list[Expected]]:
+    """One replay for the module's tests, which only read its topics."""
+    return replayed(kafka_bootstrap, tmp_path_factory.mktemp("published"))
 
 
 @one_broker
@@ -88,12 +92,14 @@ def test_tail_prints_what_a_replay_published(
 
 
 @one_broker
-def test_tail_from_the_end_shows_only_what_comes_after_it_started(
-    kafka_bootstrap: str, published: tuple[str, str, list[Expected]]
-) -> None:
-    ticks, _, _ = published
+def test_tail_from_the_end_shows_only_what_comes_after_it_started(kafka_bootstrap: str) -> None:
+    """Records already there are skipped, even those of the last batch (Tansu names the start of
+    its last batch as the end); what is produced once tail says it is at the end is shown."""
+    topic = unique_topic("tail-later")
+    earlier = [(topic, b"AAPL", b'{"old": %d}' % n, 1_700_000_000_000, None) for n in range(5)]
+    produce_all(kafka_bootstrap, earlier)
     child = subprocess.Popen(
-        command("tail", "--kafka-endpoint", kafka_bootstrap, "--topic", ticks, "--count", "2"),
+        command("tail", "--kafka-endpoint", kafka_bootstrap, "--topic", topic, "--count", "2"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -101,15 +107,15 @@ def test_tail_from_the_end_shows_only_what_comes_after_it_started(
     try:
         assert child.stderr is not None
         _wait_for_line(child.stderr, "from the end")
-        later = [(ticks, b"TSLA", b'{"n": %d}' % n, 1_700_000_000_000 + n, None) for n in (1, 2)]
+        later = [(topic, b"TSLA", b'{"n": %d}' % n, 1_700_000_000_000 + n, None) for n in (1, 2)]
         produce_all(kafka_bootstrap, later)
         out, err = child.communicate(timeout=TIMEOUT)
     finally:
         child.kill()
     assert child.returncode == 0, err
     assert out.splitlines() == [
-        f'{ticks}\tTSLA\t2023-11-14T22:13:20.001Z\t{{"n": 1}}',
-        f'{ticks}\tTSLA\t2023-11-14T22:13:20.002Z\t{{"n": 2}}',
+        f'{topic}\tTSLA\t2023-11-14T22:13:20.001Z\t{{"n": 1}}',
+        f'{topic}\tTSLA\t2023-11-14T22:13:20.002Z\t{{"n": 2}}',
     ]
 
 
@@ -175,14 +181,15 @@ def test_bad_input_gets_one_clear_line_and_a_non_zero_status(
             assert done.stdout == ""
 
 
-def test_schema_prints_each_declared_schema_and_lists_them() -> None:
-    listing = run("schema")
-    assert listing.returncode == 0
-    assert [line.split("\t")[0] for line in listing.stdout.splitlines()] == list(schemas.NAMES)
+def test_schema_prints_each_declared_schema_and_lists_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["schema"]) == 0
+    listing = capsys.readouterr().out
+    assert [line.split("\t")[0] for line in listing.splitlines()] == list(schemas.NAMES)
     for name in schemas.NAMES:
-        done = run("schema", name)
-        assert done.returncode == 0, done.stderr
-        assert orjson.loads(done.stdout) == schemas.load(name)
+        assert main(["schema", name]) == 0
+        assert orjson.loads(capsys.readouterr().out) == schemas.load(name)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (.ci/run installs it)")
