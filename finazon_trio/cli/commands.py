@@ -202,6 +202,12 @@ def serve(args: argparse.Namespace) -> int:
         auth_failure=args.auth_failure,
         unknown_tickers=tuple(args.unknown_ticker),
         frame_style=args.frame_style,
+        drop_for=args.drop_for,
+        rest_port=args.rest_port,
+        rest_rate_limit=args.rest_rate_limit,
+        rest_failure_rate=args.rest_failure_rate,
+        rest_delay=args.rest_delay,
+        rest_garbage_rate=args.rest_garbage_rate,
     )
     trio.run(_until_interrupted, functools.partial(serve_clients, config))
     return 0

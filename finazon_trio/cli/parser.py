@@ -102,6 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=_SERVER.frame_style,
         help='synthetic bars as flat frames, {"data": [...]}, or the older flat shape',
     )
+    srv.add_argument(
+        "--drop-for",
+        type=float,
+        metavar="SECONDS",
+        help="after each --drop-every drop, refuse the key's reconnects for this much market time",
+    )
+    rest = srv.add_argument_group("REST time-series endpoint")
+    rest.add_argument("--rest-port", type=int, metavar="PORT", help="serve it on this port")
+    rest.add_argument("--rest-rate-limit", type=int, metavar="N", help="calls a minute, then 429")
+    rest.add_argument(
+        "--rest-failure-rate", type=float, default=_SERVER.rest_failure_rate, metavar="FRACTION"
+    )
+    rest.add_argument("--rest-delay", type=float, default=_SERVER.rest_delay, metavar="SECONDS")
+    rest.add_argument(
+        "--rest-garbage-rate", type=float, default=_SERVER.rest_garbage_rate, metavar="FRACTION"
+    )
     srv.set_defaults(handler=commands.serve)
 
     broker = subcommands.add_parser("broker", help="run the embedded Kafka-compatible broker")
