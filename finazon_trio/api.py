@@ -7,13 +7,12 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import attrs
 import trio
 
 from finazon_trio.errors import ConfigurationError
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, Source, run_pipeline
-from finazon_trio.recording import header_from_settings, read_header
+from finazon_trio.recording import header_from_settings, read_header, replay_settings
 from finazon_trio.settings import (
     DEFAULT_DATASET,
     DEFAULT_PRICE_TICKS_TOPIC,
@@ -104,7 +103,7 @@ class FinazonMarketDataProducer:
     ) -> RunResult:
         """Publish a recording inside the caller's trio run."""
         header = read_header(Path(path))
-        settings = attrs.evolve(self.settings, subscription=header.subscription(), record=None)
+        settings = replay_settings(self.settings, header)
         source: Source = functools.partial(
             replay_source, Path(path), metrics=self.metrics.source, speed=speed
         )

@@ -6,6 +6,13 @@ Line 1 is the header; each later line is a frame or a connection lifecycle event
      "dataset": ..., "tickers": [...], "channel": "bars", "frequency": "1s", "aggregation": "1m"}}
     {"t_ns": ..., "conn": 1, "dir": "in", "text": "<the WebSocket text frame as received>"}
     {"t_ns": ..., "conn": 1, "event": "disconnected", "reason": "..."}
+    {"t_ns": ..., "rest": {"backfill": 1, "symbol": "AAPL", "error": "", "exchanges": [{"t_ns":
+     ..., "method": "GET", "path": "...", "params": {...}, "status": 200, "body": "...",
+     "error": ""}]}}
+
+A ``rest`` entry (live backfill, :mod:`finazon_trio.source.rest`) is one backfill's REST calls;
+the header then says ``"backfill": true``, and a replay hands the entries to the transform
+instead of calling anything. Recordings without them (older ones) replay as they always did.
 
 The writers are the recorder stage (:mod:`finazon_trio.source.recorder`) and
 :func:`write_recording`; the readers are :func:`read_header` and :func:`iter_entries`. The API key
@@ -24,7 +31,7 @@ import attrs
 import orjson
 
 from finazon_trio.errors import RecordingError
-from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
+from finazon_trio.events import HttpExchange, Lifecycle, Received, RestResult, Sent, SourceEvent
 from finazon_trio.redaction import redact
 from finazon_trio.settings import (
     DEFAULT_AGGREGATION,
@@ -67,6 +74,8 @@ class RecordingHeader:
     channel: str = DEFAULT_CHANNEL
     frequency: str = DEFAULT_FREQUENCY
     aggregation: str = DEFAULT_AGGREGATION
+    #: The run backfilled gaps: its REST answers are ``rest`` entries, and a replay uses them.
+    backfill: bool = False
 
     def subscription(self) -> Subscription:
         """The subscription the recorded run used (raises ``ValueError`` on a bad frequency)."""
@@ -90,6 +99,18 @@ def header_from_settings(settings: Settings, url: str) -> RecordingHeader:
         channel=sub.channel,
         frequency=sub.frequency,
         aggregation=sub.aggregation,
+        backfill=settings.backfill.enabled,
+    )
+
+
+def replay_settings(settings: Settings, header: RecordingHeader) -> Settings:
+    """``settings`` for a replay of the recording with ``header``: its subscription, no
+    recording, and backfill as the recorded run had it (its answers are in the recording)."""
+    return attrs.evolve(
+        settings,
+        subscription=header.subscription(),
+        record=None,
+        backfill=attrs.evolve(settings.backfill, enabled=header.backfill),
     )
 
 
@@ -103,14 +124,23 @@ def encode_header(header: RecordingHeader, secrets: Sequence[str] = ()) -> bytes
         "frequency": header.frequency,
         "aggregation": header.aggregation,
     }
-    line = {"format": FORMAT, "version": VERSION, "created_ns": header.created_ns, "source": source}
+    line: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created_ns": header.created_ns,
+        "source": source,
+    }
+    if header.backfill:
+        line["backfill"] = True
     return orjson.dumps(line) + b"\n"
 
 
 def encode_entry(event: SourceEvent, secrets: Sequence[str] = ()) -> bytes:
     """One event's line, newline included, with the key redacted from its text."""
     entry: dict[str, Any]
-    if isinstance(event, Lifecycle):
+    if isinstance(event, RestResult):
+        entry = {"t_ns": event.t_ns, "rest": _encode_rest(event, secrets)}
+    elif isinstance(event, Lifecycle):
         reason = redact(event.reason, secrets)
         entry = {"t_ns": event.t_ns, "conn": event.conn, "event": event.event, "reason": reason}
     else:
@@ -118,6 +148,53 @@ def encode_entry(event: SourceEvent, secrets: Sequence[str] = ()) -> bytes:
         text = redact(event.text, secrets)
         entry = {"t_ns": event.t_ns, "conn": event.conn, "dir": direction, "text": text}
     return orjson.dumps(entry) + b"\n"
+
+
+def _encode_rest(result: RestResult, secrets: Sequence[str]) -> dict[str, Any]:
+    exchanges = [
+        {
+            "t_ns": x.t_ns,
+            "method": "GET",
+            "path": redact(x.path, secrets),
+            "params": {k: redact(v, secrets) for k, v in x.params.items()},
+            "status": x.status,
+            "body": redact(x.body, secrets),
+            "error": redact(x.error, secrets),
+        }
+        for x in result.exchanges
+    ]
+    return {
+        "backfill": result.backfill,
+        "symbol": result.symbol,
+        "error": result.error,
+        "exchanges": exchanges,
+    }
+
+
+def _decode_rest(t_ns: int, rest: object) -> RestResult | None:
+    """A ``rest`` entry's result, or None if it is not a valid one."""
+    if type(rest) is not dict:
+        return None
+    number, symbol, error = rest.get("backfill"), rest.get("symbol"), rest.get("error", "")
+    exchanges = rest.get("exchanges")
+    if type(number) is not int or type(symbol) is not str or type(error) is not str:
+        return None
+    if type(exchanges) is not list:
+        return None
+    decoded = []
+    for x in exchanges:
+        if type(x) is not dict:
+            return None
+        x_t, path, params = x.get("t_ns"), x.get("path"), x.get("params")
+        status, body, x_error = x.get("status"), x.get("body", ""), x.get("error", "")
+        if type(x_t) is not int or type(path) is not str or type(status) is not int:
+            return None
+        if type(params) is not dict or not all(type(v) is str for v in params.values()):
+            return None
+        if type(body) is not str or type(x_error) is not str:
+            return None
+        decoded.append(HttpExchange(x_t, path, params, status, body, x_error))
+    return RestResult(t_ns, number, symbol, tuple(decoded), error)
 
 
 def write_recording(
@@ -204,6 +281,9 @@ def _parse_entry(line: bytes, line_no: int, *, truncated: bool = False) -> Sourc
     if type(obj) is not dict:
         return Corrupt(line_no, "corrupt line (not a JSON object)")
     t_ns = obj.get("t_ns")
+    if "rest" in obj and type(t_ns) is int:
+        result = _decode_rest(t_ns, obj["rest"])
+        return result if result is not None else Corrupt(line_no, "corrupt REST entry")
     conn = obj.get("conn")
     if type(t_ns) is not int or type(conn) is not int:
         return Corrupt(line_no, "corrupt line (t_ns or conn missing or not an integer)")
@@ -219,7 +299,7 @@ def _parse_entry(line: bytes, line_no: int, *, truncated: bool = False) -> Sourc
         return Corrupt(line_no, f"unknown frame direction {str(direction)[:20]!r}")
     event = _LIFECYCLE_EVENTS.get(obj.get("event"))
     if event is None:
-        return Corrupt(line_no, "unknown entry (neither a frame nor a lifecycle event)")
+        return Corrupt(line_no, "unknown entry (neither a frame, a lifecycle event nor REST)")
     reason = obj.get("reason", "")
     if type(reason) is not str:
         return Corrupt(line_no, "corrupt line (reason is not a string)")
@@ -266,6 +346,7 @@ def _read_header(file: BinaryIO, path: Path) -> RecordingHeader:
         channel=_header_field(source, "channel", str, DEFAULT_CHANNEL, path),
         frequency=_header_field(source, "frequency", str, DEFAULT_FREQUENCY, path),
         aggregation=_header_field(source, "aggregation", str, DEFAULT_AGGREGATION, path),
+        backfill=_header_field(obj, "backfill", bool, False, path),
     )
     try:
         header.subscription()

@@ -11,6 +11,7 @@ from finazon_trio import __version__
 from finazon_trio.cli import commands
 from finazon_trio.server.config import AuthStyle, FrameStyle, ServerConfig
 from finazon_trio.settings import (
+    BackfillSettings,
     KafkaSettings,
     LiveSettings,
     Output,
@@ -25,6 +26,7 @@ _SUBSCRIPTION = Subscription()
 _OUTPUT = Output()
 _KAFKA = KafkaSettings()
 _SERVER = ServerConfig()
+_BACKFILL = BackfillSettings()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=int, default=_LIVE.connections, help="spread tickers over N"
     )
     live.add_argument("--record", type=Path, metavar="PATH", help="write frames to JSONL")
+    fill = live.add_argument_group("gaps and backfill")
+    fill.add_argument(
+        "--no-backfill",
+        dest="backfill",
+        action="store_false",
+        help="do not fill what a disconnect missed from the REST API",
+    )
+    fill.add_argument("--rest-url", default=_BACKFILL.rest_url, help="the REST API's base URL")
+    fill.add_argument(
+        "--backfill-timeout",
+        type=float,
+        default=_BACKFILL.timeout,
+        metavar="SECONDS",
+        help="longest a symbol's live bars wait for its backfill",
+    )
+    fill.add_argument(
+        "--rest-calls-per-minute",
+        type=int,
+        default=_BACKFILL.calls_per_minute,
+        metavar="N",
+        help="REST call budget",
+    )
     _add_output_options(live)
     live.set_defaults(handler=commands.live)
 
@@ -140,6 +164,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--price-ticks-topic", default=_OUTPUT.price_ticks_topic)
     out.add_argument("--volume-stream-topic", default=_OUTPUT.volume_stream_topic)
     out.add_argument("--dead-letter-topic", help="publish rejected frames here")
+    out.add_argument(
+        "--gaps-topic", default=_OUTPUT.gaps_topic, help="what a disconnect missed, unfilled"
+    )
     out.add_argument("--points", type=int, default=_OUTPUT.points, help="price ticks per frame")
     out.add_argument("--path", choices=get_args(PathMode), default=_OUTPUT.path)
     out.add_argument(

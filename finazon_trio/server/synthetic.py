@@ -80,8 +80,9 @@ class SyntheticMarket:
     seconds must not go backwards for a ticker. Asking again for the same second returns the
     same frame, so several clients of one server see the same market. The market runs on while
     nobody asks: a later second is reached update by update (one per ``frequency``), so every
-    bar in between has its final state, which :meth:`closed_bars` serves (the REST endpoint). A ticker containing ``/``
-    (``BTC/USDT``) is treated as crypto: finer price steps, fractional volume, 24 h volatility.
+    bar in between has its final state, which :meth:`closed_bars` serves (the REST endpoint).
+    A ticker containing ``/`` (``BTC/USDT``) is treated as crypto: finer price steps,
+    fractional volume, 24 h volatility.
     """
 
     def __init__(
