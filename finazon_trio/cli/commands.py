@@ -225,6 +225,7 @@ def serve(args: argparse.Namespace) -> int:
         rest_failure_rate=args.rest_failure_rate,
         rest_delay=args.rest_delay,
         rest_garbage_rate=args.rest_garbage_rate,
+        rest_reject_auth=args.rest_reject_auth,
     )
     trio.run(_until_interrupted, functools.partial(serve_clients, config))
     return 0

@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rest-failure-rate", type=float, default=_SERVER.rest_failure_rate, metavar="FRACTION"
     )
     rest.add_argument("--rest-delay", type=float, default=_SERVER.rest_delay, metavar="SECONDS")
+    rest.add_argument("--rest-reject-auth", action="store_true", help="refuse every REST call")
     rest.add_argument(
         "--rest-garbage-rate", type=float, default=_SERVER.rest_garbage_rate, metavar="FRACTION"
     )

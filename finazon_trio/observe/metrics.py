@@ -90,6 +90,8 @@ class TransformMetrics:
     #: Backfills started (one per symbol per gap), minutes published from them, gap records
     #: published and the minutes they cover, REST bars rejected (``transform.backfill``).
     backfills: int = 0
+    #: Backfills in flight now (their symbols' live bars wait).
+    backfilling: int = 0
     backfilled_bars: int = 0
     gaps: int = 0
     gap_minutes: int = 0

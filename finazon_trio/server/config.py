@@ -79,3 +79,5 @@ class ServerConfig:
     rest_failure_rate: float = attrs.field(default=0.0, validator=_fraction)
     rest_delay: float = attrs.field(default=0.0, validator=_delay)
     rest_garbage_rate: float = attrs.field(default=0.0, validator=_fraction)
+    #: Refuse every REST call (401 ``INVALID_API_KEY``): a key or plan without REST access.
+    rest_reject_auth: bool = False

@@ -32,7 +32,7 @@ from finazon_trio.observe.metrics import SourceMetrics
 from finazon_trio.redaction import redacted_log
 from finazon_trio.settings import BackfillSettings, Subscription
 from finazon_trio.source.backoff import RateLimiter
-from finazon_trio.transform.backfill import BAR_SECONDS, MAX_HISTORY_BARS, RATE_LIMITED, TIMEOUT
+from finazon_trio.transform.backfill import MAX_HISTORY_BARS, RATE_LIMITED, TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class RestClient:
     async def _fetch(
         self, request: BackfillRequest, exchanges: list[HttpExchange], waiting: list[bool]
     ) -> None:
-        size = min(PAGE_SIZE, (request.last - request.first) // BAR_SECONDS + 1)
+        size = PAGE_SIZE  # one page covers any range asked (at most MAX_HISTORY_BARS)
         for page in range(MAX_PAGES):
             params = {
                 "ticker": request.symbol,

@@ -287,6 +287,7 @@ class Backfiller:
         first, last = span
         self._numbers += 1
         self._metrics.backfills += 1
+        self._metrics.backfilling += 1
         self._busy[symbol] = _Backfill(self._numbers, first, last, [(e, bar, conn)])
         asked = ask_range(first, last)
         assert asked is not None
@@ -327,6 +328,7 @@ class Backfiller:
 
     def _release(self, symbol: str, messages: list[Message], feed: Feed) -> None:
         busy = self._busy.pop(symbol)
+        self._metrics.backfilling -= 1
         conn = None
         for item in busy.held:
             again = self._busy.get(symbol)  # a released bar may start the next backfill
