@@ -160,6 +160,9 @@ class RestClient:
             self._metrics.rest_calls += 1
             try:
                 response = await self._client.get(self._path, params=params)
+            except trio.Cancelled:  # the timeout, mid-call: keep the request, re-raise
+                exchanges.append(HttpExchange(t_ns, self._path, params, error=TIMEOUT))
+                raise
             except httpx.HTTPError as exc:
                 exchange = HttpExchange(t_ns, self._path, params, error=f"network: {exc!r}"[:300])
                 exchanges.append(exchange)
