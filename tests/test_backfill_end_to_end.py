@@ -93,7 +93,9 @@ def live_settings(
     )
 
 
-async def run_live(settings: Settings, stop: Callable[[Metrics], bool]) -> tuple[RunResult, Metrics]:
+async def run_live(
+    settings: Settings, stop: Callable[[Metrics], bool]
+) -> tuple[RunResult, Metrics]:
     metrics = Metrics(mode="live")
 
     async def source(send: trio.MemorySendChannel[SourceEvent]) -> None:

@@ -10,8 +10,8 @@ of the same market the WebSocket streams (:meth:`.feeds.Feed.minute_bars`). The 
 ``INVALID_PARAMETER``), 401 ``INVALID_API_KEY``, 404 ``NOT_FOUND``, 429
 ``API_RATE_LIMIT_EXCEEDED``, 503 ``DATA_UNAVAILABLE``.
 
-Faults (:class:`.config.ServerConfig`): ``rest_reject_auth`` (401), ``rest_rate_limit`` calls a minute per key (then 429),
-``rest_failure_rate`` (503), ``rest_delay`` seconds before each answer, ``rest_garbage_rate``
+Faults (:class:`.config.ServerConfig`): ``rest_reject_auth`` (401), ``rest_rate_limit`` calls
+a minute per key (then 429), ``rest_failure_rate`` (503), ``rest_delay`` seconds before each answer, ``rest_garbage_rate``
 (a 200 with a malformed body: wrong shapes, missing fields, bars outside the range, duplicates,
 out of order). HTTP is spoken by h11 over trio streams, one request per connection at a time,
 keep-alive honoured.
@@ -158,7 +158,8 @@ class RestServer:
         target = urlsplit(request.target.decode("latin-1"))
         query = parse_qs(target.query)
         key = _key(request, query)
-        if config.reject_auth or config.rest_reject_auth or not key or (config.api_keys and key not in config.api_keys):
+        refused = config.reject_auth or config.rest_reject_auth
+        if refused or not key or (config.api_keys and key not in config.api_keys):
             return error(401, "INVALID_API_KEY", "Invalid API key")
         if config.rest_rate_limit is not None:
             limiter = self._limiters.setdefault(key, RateLimiter(config.rest_rate_limit, 60.0))
