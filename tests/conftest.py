@@ -8,7 +8,6 @@ session; with ``KAFKA_TEST_BOOTSTRAP=host:port`` it runs them once, against that
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +15,7 @@ import pytest
 
 from finazon_trio.sink.broker import EmbeddedBroker
 
-from .kafka_helpers import ApacheKafka
-
-EXTERNAL = os.environ.get("KAFKA_TEST_BOOTSTRAP")
-BROKERS = (
-    [pytest.param("external", id="external")]
-    if EXTERNAL
-    else [pytest.param("apache", id="apache-kafka"), pytest.param("embedded", id="embedded")]
-)
+from .helpers.kafka import BROKERS, EXTERNAL, ApacheKafka
 
 
 @pytest.fixture(scope="session", params=BROKERS)

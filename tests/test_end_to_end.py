@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import subprocess
-import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -20,37 +16,18 @@ from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import KafkaSettings, Output, Settings
 from finazon_trio.source.replay import replay_source
 
-from .contract import Expected, by_topic, expected_messages
-from .kafka_helpers import Record, consume_all, unique_topic
+from .helpers.cli import run_cli
+from .helpers.contract import (
+    assert_topic_matches,
+    by_topic,
+    expect,
+    expected_messages,
+    received_frames,
+)
+from .helpers.kafka import consume_all, unique_output, unique_topic
+from .helpers.paths import SAMPLE
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "recordings" / "sample.jsonl"
 T0 = 1_731_080_000  # a Unix second; bars of the hand-made recordings start here
-
-
-def received_frames(path: Path) -> list[tuple[int, str]]:
-    """The (t_ns, text) of every ``dir: "in"`` line of a recording, skipping corrupt lines."""
-    frames = []
-    for line in path.read_text().splitlines()[1:]:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("dir") == "in":
-            frames.append((entry["t_ns"], entry["text"]))
-    return frames
-
-
-def expect(path: Path, output: Output, **options: object) -> list[Expected]:
-    """What the contract says the replay of this recording publishes to these topics."""
-    return expected_messages(
-        received_frames(path),
-        price_topic=output.price_ticks_topic,
-        volume_topic=output.volume_stream_topic,
-        points=output.points,
-        volume_format=output.volume_format,
-        **options,  # type: ignore[arg-type]
-    )
 
 
 def write_recording(path: Path, lines: list[str | dict[str, object]]) -> Path:
@@ -97,29 +74,9 @@ async def replay(path: Path, bootstrap: str, output: Output, **kafka: object) ->
     return metrics
 
 
-def assert_topic_matches(records: list[Record], expected: list[Expected]) -> None:
-    """Same messages, each key's messages in the same order (keys may share partitions)."""
-    got: dict[bytes, list[tuple[object, int]]] = defaultdict(list)
-    for r in records:
-        value = r.value if isinstance(expected[0].value, bytes) else json.loads(r.value)
-        got[r.key].append((value, r.timestamp))
-    want: dict[bytes, list[tuple[object, int]]] = defaultdict(list)
-    for m in expected:
-        want[m.key].append((m.value, m.timestamp))
-    assert got.keys() == want.keys()
-    for key in want:
-        assert len(got[key]) == len(want[key]), key
-        for i, (g, w) in enumerate(zip(got[key], want[key], strict=True)):
-            assert g == w, f"{key!r} message {i}: {g} != {w}"
-
-
 @pytest.fixture
 def topics() -> Output:
-    return Output(
-        price_ticks_topic=unique_topic("ticks"),
-        volume_stream_topic=unique_topic("volume"),
-        dead_letter_topic=unique_topic("dead"),
-    )
+    return unique_output("e2e", dead_letter_topic=unique_topic("e2e-dead"))
 
 
 async def test_replay_of_a_generated_recording_publishes_the_contract(
@@ -245,15 +202,7 @@ async def test_library_api_replays_the_sample(kafka_bootstrap: str, topics: Outp
 
 
 def test_cli_replay_on_the_embedded_broker_exits_zero_with_a_summary() -> None:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_ENDPOINT"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "finazon_trio", "replay", str(SAMPLE), "--no-dashboard"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    proc = run_cli("replay", SAMPLE, "--no-dashboard")
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = expected_messages(received_frames(SAMPLE))
     assert "embedded" in proc.stderr
@@ -262,13 +211,7 @@ def test_cli_replay_on_the_embedded_broker_exits_zero_with_a_summary() -> None:
 
 
 def test_cli_reports_a_missing_recording_clearly() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "finazon_trio", "replay", "/nonexistent.jsonl"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_cli("replay", "/nonexistent.jsonl", timeout=60)
     assert proc.returncode != 0
     assert "/nonexistent.jsonl" in proc.stderr
     assert "Traceback" not in proc.stderr

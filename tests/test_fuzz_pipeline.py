@@ -1,12 +1,14 @@
-"""Fuzzing whole recordings through the pipeline (issue 6, item 5): replay → transform →
-publisher → a real broker, then consume everything back.
+"""Fuzzing whole recordings through the pipeline: replay → transform → publisher → a real
+broker, then consume everything back (the README, "Kafka and guarantees": bad frames,
+truncated or corrupt recordings).
 
 Hypothesis writes recordings of any shape: frames of any text (valid bars, broken bars,
 ``{"data": [...]}`` batches, protocol messages, garbage), sent frames and lifecycle events,
 corrupt lines and a truncated last line. Whatever it writes, the run must end by itself with
 every produced message acknowledged, Kafka must hold exactly what the independent oracle
-(:mod:`tests.contract`) says for the valid frames, every other frame must be a counted reject
-with a reason in the dead-letter topic, and every corrupt line must be logged by its number.
+(:mod:`tests.helpers.contract`) says for the valid frames, every other frame must be a counted
+reject with a reason in the dead-letter topic, and every corrupt line must be logged by its
+number.
 """
 
 from __future__ import annotations
@@ -30,16 +32,21 @@ from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import RecordingHeader, encode_header
 from finazon_trio.server.synthetic import generate_recording
-from finazon_trio.settings import KafkaSettings, Output, Settings, Subscription, VolumeFormat
+from finazon_trio.settings import KafkaSettings, Settings, Subscription, VolumeFormat
 from finazon_trio.sink.broker import EmbeddedBroker
 from finazon_trio.source.replay import replay_source
 from finazon_trio.transform.frames import REASONS
 
-from .conftest import EXTERNAL
-from .contract import Expected, by_topic, expected_messages, valid_bar
-from .kafka_helpers import Record, consume_all, unique_topic
-from .test_end_to_end import assert_topic_matches
-from .test_shutdown import Cli, assert_kafka_holds, output_args
+from .helpers.cli import Cli, output_args
+from .helpers.contract import (
+    Expected,
+    assert_kafka_holds,
+    assert_topic_matches,
+    by_topic,
+    expected_messages,
+    valid_bar,
+)
+from .helpers.kafka import EXTERNAL, Record, consume_all, unique_output, unique_topic
 
 T0 = 1_731_080_000
 #: Bar times around T0, so that bars roll over and older ones come back (stale).
@@ -325,9 +332,8 @@ def test_any_recording_publishes_the_contract_or_counted_rejects(
     volume_format: VolumeFormat,
 ) -> None:
     path = fuzzed.write(tmp_path_factory.mktemp("fuzz") / "rec.jsonl")
-    output = Output(
-        price_ticks_topic=unique_topic("fuzz-ticks"),
-        volume_stream_topic=unique_topic("fuzz-volume"),
+    output = unique_output(
+        "fuzz",
         dead_letter_topic=unique_topic("fuzz-dead"),
         points=points,
         volume_format=volume_format,

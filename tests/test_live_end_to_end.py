@@ -1,10 +1,10 @@
 """Live mode end to end: ``serve`` over real loopback sockets → the pipeline → a real broker.
 
 Every run records (``settings.record``), so the recording says which frames the client
-received; the contract oracle (:mod:`tests.contract`) turns those into the messages Kafka must
-hold, and the server's log says which frames it sent. The server's time-lapse ``speed`` makes a
-simulated minute last a few real seconds; runs stop by cancelling the source once a condition
-on the metrics holds (the pipeline then drains and flushes as on Ctrl-C).
+received; the contract oracle (:mod:`tests.helpers.contract`) turns those into the messages
+Kafka must hold, and the server's log says which frames it sent. The server's time-lapse
+``speed`` makes a simulated minute last a few real seconds; runs stop by cancelling the source
+once a condition on the metrics holds (the pipeline then drains and flushes as on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings,
 from finazon_trio.source.live import live_source
 from finazon_trio.source.replay import replay_source
 
-from .contract import by_topic, valid_bar
-from .kafka_helpers import Record, consume_all, free_port, unique_topic
-from .test_end_to_end import assert_topic_matches, expect
-from .test_live import T0, server
+from .helpers.contract import (
+    assert_topic_matches,
+    bar_frames,
+    by_topic,
+    expect,
+    json_or_none,
+    valid_bar,
+)
+from .helpers.kafka import Record, consume_topics, free_port, unique_output
+from .helpers.server import T0, server
 
 KEY = "e2e-live-secret-9f3a7c"
 #: Simulated seconds per real second: 40 bar updates a second per ticker.
@@ -126,19 +132,6 @@ async def run_live(settings: Settings, stop: Stop) -> LiveRun:
     return LiveRun(result, metrics, settings.record)
 
 
-async def consume_topics(bootstrap: str, counts: dict[str, int]) -> dict[str, list[Record]]:
-    """``consume_all`` of each topic (``{topic: expected count}``), all at once in threads."""
-    records: dict[str, list[Record]] = {}
-
-    async def consume(topic: str, count: int) -> None:
-        records[topic] = await trio.to_thread.run_sync(consume_all, bootstrap, topic, count)
-
-    async with trio.open_nursery() as nursery:
-        for topic, count in counts.items():
-            nursery.start_soon(consume, topic, count)
-    return records
-
-
 async def assert_kafka_holds_the_contract(bootstrap: str, run: LiveRun, output: Output) -> None:
     """Both topics hold exactly the contract's messages for the recorded ``in`` frames."""
     expected = expect(run.recording, output)
@@ -165,23 +158,12 @@ def assert_every_frame_sent_arrived(run: LiveRun, log: ServerLog) -> None:
             assert received == client.sent[: len(received)]
 
 
-def bar_frames(texts: list[str]) -> list[dict[str, Any]]:
-    return [obj for obj in map(_json_or_none, texts) if isinstance(obj, dict) and valid_bar(obj)]
-
-
 def is_garbage(text: str) -> bool:
     """Neither a valid bar nor a protocol message (flat frames only)."""
-    obj = _json_or_none(text)
+    obj = json_or_none(text)
     if not isinstance(obj, dict):
         return True
     return "event" not in obj and "status" not in obj and not valid_bar(obj)
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return None
 
 
 def key_appears_in(path: Path) -> bool:
@@ -196,10 +178,7 @@ def _in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def output() -> Output:
-    return Output(
-        price_ticks_topic=unique_topic("live-ticks"),
-        volume_stream_topic=unique_topic("live-volume"),
-    )
+    return unique_output("live")
 
 
 async def test_subscribes_refuses_an_unknown_ticker_and_publishes_the_contract(
@@ -334,10 +313,7 @@ async def test_a_recorded_live_run_replays_to_identical_messages(
         )
         run = await run_live(settings, when(lambda m: m.source.connects >= 3))
 
-    replayed = Output(
-        price_ticks_topic=unique_topic("replay-ticks"),
-        volume_stream_topic=unique_topic("replay-volume"),
-    )
+    replayed = unique_output("replay")
     metrics = Metrics(mode="replay")
     source = functools.partial(replay_source, run.recording, metrics=metrics.source)
     result = await run_pipeline(
@@ -388,10 +364,10 @@ def assert_each_disconnection_is_a_gap(run: LiveRun) -> int:
 async def test_connection_faults_in_turn_reconnect_every_time_and_publish_each_frame_once(
     kafka_bootstrap: str, tmp_path: Path, output: Output
 ) -> None:
-    """Issue 6, connection faults, in seconds: a server that drops every connection and sends
-    garbage, then goes away, then one that stalls every connection (found by the stale
-    timeout), also with garbage. The client reconnects every time, and Kafka holds exactly the
-    contract's messages for the valid frames it recorded."""
+    """Connection faults (the README, "Kafka and guarantees"), in seconds: a server that drops
+    every connection and sends garbage, then goes away, then one that stalls every connection
+    (found by the stale timeout), also with garbage. The client reconnects every time, and Kafka
+    holds exactly the contract's messages for the valid frames it recorded."""
     port = free_port()
     drops = ServerConfig(
         port=port, speed=SPEED, start_time=T0, drop_every=0.4, garbage_rate=0.2, seed=1

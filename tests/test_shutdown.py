@@ -1,12 +1,14 @@
-"""Shutdown under load (issue 6, item 4), through the console script in a subprocess.
+"""Shutdown under load, through the console script in a subprocess (the README, "Kafka and
+guarantees": Ctrl-C or SIGTERM, a second Ctrl-C).
 
 SIGINT or SIGTERM in the middle of a full-speed replay, SIGTERM in the middle of a live run
-against ``serve`` (SIGINT is ``test_cli_live.py``'s): the process flushes, exits 0, its summary
-says every produced message was delivered, and Kafka holds exactly the contract's messages for
-the frames that went through (a prefix of the recording in replay; in live mode, the frames its
-own recording says were received, the recording ending with a whole line). A second Ctrl-C
-while a flush cannot finish (the broker is gone) exits at once, non-zero, saying how many
-messages were not flushed; a single signal gives up at the flush deadline and says the same.
+against ``serve`` (SIGINT is ``cli/test_cli_live.py``'s): the process flushes, exits 0, its
+summary says every produced message was delivered, and Kafka holds exactly the contract's
+messages for the frames that went through (a prefix of the recording in replay; in live mode,
+the frames its own recording says were received, the recording ending with a whole line). A
+second Ctrl-C while a flush cannot finish (the broker is gone) exits at once, non-zero, saying
+how many messages were not flushed; a single signal gives up at the flush deadline and says the
+same.
 
 The tests wait for conditions (a log line, a Prometheus counter, the recording's growth), never
 for a fixed time.
@@ -15,147 +17,28 @@ for a fixed time.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
 from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.sink.broker import EmbeddedBroker
 
-from .contract import by_topic, expected_messages
-from .kafka_helpers import consume_all, free_port, unique_topic
-from .test_end_to_end import assert_topic_matches, received_frames
+from .helpers.cli import Cli, output_args
+from .helpers.contract import assert_kafka_holds, received_frames
+from .helpers.kafka import free_port, unique_topic
+from .helpers.waiting import wait_until
 
 T0 = 1_731_080_000
-#: Real seconds a process may take to reach a condition (a cold interpreter on a busy machine).
-WAIT_TIMEOUT = 60.0
-#: Real seconds a process may take to flush and exit once told to.
-EXIT_TIMEOUT = 90.0
 #: Real seconds within which a second Ctrl-C must end the process: far below the flush
 #: deadline the process was given (:data:`LONG_FLUSH`).
 PROMPT_EXIT = 20.0
 LONG_FLUSH = 600
 API_KEY = "shutdown-test-key-5b1e"
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
-#: A summary row: ``│ produced          │ 109,200 │`` (or with ASCII borders).
-_ROW = re.compile(r"^\W*(\w[\w ]*?)\s*[│|]\s*([\d,]+)\s*[│|]\s*$")
-
-
-class Cli:
-    """A ``finazon-trio`` subprocess; a thread collects its stderr line by line.
-
-    It runs in ``cwd``, which is also where it keeps a spool or failed messages. Use it as a
-    context manager: on exit, a process still running is killed.
-    """
-
-    def __init__(self, *args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> None:
-        # Whatever it keeps on disk (spool, failed messages) stays in ``cwd``.
-        state = {"XDG_STATE_HOME": str(cwd)}
-        environment = {**os.environ, "COLUMNS": "80", **state, **(env or {})}
-        self.args = [str(arg) for arg in args]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "finazon_trio", *self.args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=environment,
-            cwd=cwd,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._eof = True
-            self._changed.notify_all()
-
-    @property
-    def stderr(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = WAIT_TIMEOUT) -> re.Match[str]:
-        """The first stderr line matching ``pattern``; fails if none comes within ``timeout``."""
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        checked = 0
-        with self._changed:
-            while True:
-                for line in self.lines[checked:]:
-                    if match := regex.search(line):
-                        return match
-                checked = len(self.lines)
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    why = "exited" if self._eof else f"ran {timeout:g} s"
-                    raise AssertionError(
-                        f"{self.args[0]} {why} without logging {pattern!r}:\n{self.tail()}"
-                    )
-                self._changed.wait(remaining)
-
-    def send_signal(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def finish(self, timeout: float = EXIT_TIMEOUT) -> int:
-        """Wait for the exit status; fails (killing the process) after ``timeout`` seconds."""
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            self._reader.join()
-            raise AssertionError(f"still running {timeout:g} s later:\n{self.tail()}") from None
-        self._reader.join()
-        return code
-
-    def tail(self, lines: int = 40) -> str:
-        with self._changed:
-            return "\n".join(self.lines[-lines:])
-
-    def metrics_port(self) -> int:
-        return int(self.wait_for(r"Prometheus metrics at http://[^:]+:(\d+)/metrics")[1])
-
-    def summary(self) -> dict[str, int]:
-        """The rows of the end-of-run summary table."""
-        rows = {}
-        for line in self.stderr.splitlines():
-            if match := _ROW.match(line):
-                rows[match[1]] = int(match[2].replace(",", ""))
-        assert "produced" in rows, f"no summary:\n{self.tail()}"
-        return rows
-
-    def __enter__(self) -> Cli:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join()
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -170,35 +53,8 @@ def scrape(port: int) -> dict[str, float]:
     return samples
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(0.05)
-
-
 def counter(port: int, name: str) -> float:
     return scrape(port).get(f"finazon_trio_{name}", 0.0)
-
-
-def output_args(bootstrap: str, ticks: str, volumes: str) -> list[str]:
-    return [
-        *("--kafka-endpoint", bootstrap, "--no-dashboard", "--metrics-port", "0"),
-        *("--price-ticks-topic", ticks, "--volume-stream-topic", volumes),
-    ]
-
-
-def assert_kafka_holds(
-    bootstrap: str, expected_frames: list[tuple[int, str]], ticks: str, volumes: str
-) -> int:
-    """Both topics hold exactly the contract's messages for these frames; returns how many."""
-    expected = expected_messages(expected_frames, price_topic=ticks, volume_topic=volumes)
-    for topic in (ticks, volumes):
-        want = by_topic(expected, topic)
-        assert want, "no bar went through"
-        assert_topic_matches(consume_all(bootstrap, topic, len(want)), want)
-    return len(expected)
 
 
 @pytest.mark.parametrize("signum", SIGNALS)
@@ -228,7 +84,7 @@ def test_sigterm_during_a_live_run_flushes_records_whole_lines_and_exits_zero(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     """SIGTERM (what a service manager sends) to a live run on two connections; SIGINT is
-    ``test_cli_live.py``'s."""
+    ``cli/test_cli_live.py``'s."""
     recording = tmp_path / "live.jsonl"
     ticks, volumes = unique_topic("live-stop-ticks"), unique_topic("live-stop-volume")
     with Cli("serve", "--port", "0", "--speed", "20", "--seed", "6", cwd=tmp_path) as server:

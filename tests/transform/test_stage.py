@@ -21,28 +21,10 @@ from finazon_trio.transform.stage import (
     run_transform,
 )
 
+from ..helpers.frames import BAR, DROP, text
+
 T0 = 1699540020  # a bar's open time (s)
 E0 = 1_699_540_021_500  # receipt time of its first frame (ms)
-BAR: dict[str, Any] = {
-    "d": "us_stocks_essential",
-    "p": "finazon",
-    "ch": "bars",
-    "f": "1s",
-    "aggr": "1m",
-    "s": "AAPL",
-    "t": T0,
-    "o": 220.06,
-    "h": 220.13,
-    "l": 219.92,
-    "c": 219.96,
-    "v": 4572,
-}
-DROP = object()
-
-
-def text(**changes: Any) -> str:
-    obj = {key: value for key, value in {**BAR, **changes}.items() if value is not DROP}
-    return orjson.dumps(obj).decode()
 
 
 def ns(ms: int) -> int:

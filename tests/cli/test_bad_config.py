@@ -1,17 +1,15 @@
-"""Bad configuration (issue 6, item 6, the part that is not about reaching Kafka): every mistake
-gives one ``error:`` line that names the cause and what to do, no traceback, and a non-zero exit
-where the tool cannot go on.
+"""Bad configuration, the part that is not about reaching Kafka: every mistake gives one
+``error:`` line that names the cause and what to do, no traceback, and a non-zero exit where the
+tool cannot go on (see the README, "Kafka and guarantees", on the exit status).
 
 A missing API key is covered by ``test_cli_live.py``; an unreachable broker and wrong Kafka
-credentials by the Kafka tests.
+credentials by ``sink/test_broker_outages.py``.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,30 +22,22 @@ from finazon_trio.cli.main import main
 from finazon_trio.server.config import DATASETS
 from finazon_trio.source.protocol import ServerError, SubscriptionRefused, TickerError, classify
 
-from .conftest import BROKERS
-from .kafka_helpers import unique_topic
-from .test_live import server
-from .test_shutdown import Cli, wait_until
+from ..helpers.cli import Cli, run_cli
+from ..helpers.kafka import one_broker, unique_topic
+from ..helpers.paths import SAMPLE
+from ..helpers.server import server
+from ..helpers.waiting import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "recordings" / "sample.jsonl"
 KEY = "bad-config-test-key-77c2"
 #: Real seconds a run that cannot go on may take to say so and exit.
 TIMEOUT = 60.0
-one_broker = pytest.mark.parametrize("kafka_bootstrap", [BROKERS[-1]], indirect=True)
 
 
-def run_cli(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_ENDPOINT"}
-    return subprocess.run(
-        [sys.executable, "-m", "finazon_trio", *map(str, args)],
-        env={**env, "FINAZON_API_KEY": KEY, "COLUMNS": "80", "XDG_STATE_HOME": str(cwd)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+def run_with_key(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``finazon-trio ARGS`` in ``cwd`` (where it keeps its state), with an API key and lines
+    of 80 columns."""
+    env = {"FINAZON_API_KEY": KEY, "COLUMNS": "80", "XDG_STATE_HOME": str(cwd)}
+    return run_cli(*args, env=env, cwd=cwd, timeout=TIMEOUT)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -130,14 +120,14 @@ def test_an_invalid_option_is_one_error_line_before_anything_starts(
 
 
 def test_the_console_script_exits_2_with_the_error_line_alone(tmp_path: Path) -> None:
-    proc = run_cli(*REPLAY, "--points", "0", "--kafka-endpoint", "127.0.0.1:1", cwd=tmp_path)
+    proc = run_with_key(*REPLAY, "--points", "0", "--kafka-endpoint", "127.0.0.1:1", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr == "error: points must be at least 1, not 0\n"
     assert proc.stdout == ""
 
 
 def test_an_unknown_librdkafka_setting_is_named(tmp_path: Path) -> None:
-    proc = run_cli(
+    proc = run_with_key(
         *REPLAY, "--kafka-endpoint", "127.0.0.1:1", "--kafka-config", "lingr.ms=5", cwd=tmp_path
     )
     assert proc.returncode == 2, proc.stderr
@@ -159,7 +149,7 @@ def test_an_unwritable_recording_path_stops_the_run_with_one_clear_error(
     (tmp_path / "a-directory").mkdir()
     (tmp_path / "a-file").write_text("not a directory")
     record = tmp_path / place
-    proc = run_cli(
+    proc = run_with_key(
         *LIVE,
         *("--record", record, "--kafka-endpoint", kafka_bootstrap, "--no-dashboard"),
         cwd=tmp_path,

@@ -11,27 +11,7 @@ import pytest
 from finazon_trio.transform import frames
 from finazon_trio.transform.frames import Bar, Protocol, Reject, parse_bar, parse_frame
 
-BAR: dict[str, Any] = {
-    "d": "us_stocks_essential",
-    "p": "finazon",
-    "ch": "bars",
-    "f": "1s",
-    "aggr": "1m",
-    "s": "AAPL",
-    "t": 1699540020,
-    "o": 220.06,
-    "h": 220.13,
-    "l": 219.92,
-    "c": 219.96,
-    "v": 4572,
-}
-DROP = object()
-
-
-def text(**changes: Any) -> str:
-    """The documented bar frame with some fields changed (``DROP`` removes one)."""
-    obj = {key: value for key, value in {**BAR, **changes}.items() if value is not DROP}
-    return orjson.dumps(obj).decode()
+from ..helpers.frames import BAR, DROP, text
 
 
 def only(items: list[Bar | Reject | Protocol]) -> Bar | Reject | Protocol:

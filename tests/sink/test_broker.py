@@ -16,7 +16,7 @@ from finazon_trio.sink.admin import wait_for_kafka
 from finazon_trio.sink.broker import EmbeddedBroker, run_embedded_broker
 from finazon_trio.sink.publisher import producer_config
 
-from .kafka_helpers import (
+from ..helpers.kafka import (
     ApacheKafka,
     consume_all,
     create_topic,

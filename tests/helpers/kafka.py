@@ -1,4 +1,5 @@
-"""Talking to the test brokers directly, with plain confluent-kafka clients (sync, blocking)."""
+"""The test brokers: which ones the tests run against, and talking to them directly with plain
+confluent-kafka clients (sync, blocking; :func:`consume_topics` runs them in threads)."""
 
 from __future__ import annotations
 
@@ -6,15 +7,31 @@ import itertools
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import attrs
+import pytest
+import trio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from finazon_trio.events import Headers, Message
+from finazon_trio.settings import Output
 from scripts.apache_kafka import ApacheKafka as ApacheKafka  # re-exported for the tests
 from scripts.apache_kafka import free_port as free_port
+
+#: ``host:port`` of a cluster to run the tests against, instead of the brokers they start.
+EXTERNAL = os.environ.get("KAFKA_TEST_BOOTSTRAP")
+#: The parameters of the ``kafka_bootstrap`` fixture: each test that takes it runs once per
+#: broker.
+BROKERS = (
+    [pytest.param("external", id="external")]
+    if EXTERNAL
+    else [pytest.param("apache", id="apache-kafka"), pytest.param("embedded", id="embedded")]
+)
+#: For tests about the command rather than the broker: one broker is enough.
+one_broker = pytest.mark.parametrize("kafka_bootstrap", [BROKERS[-1]], indirect=True)
 
 _topic_numbers = itertools.count()
 
@@ -22,6 +39,16 @@ _topic_numbers = itertools.count()
 def unique_topic(prefix: str) -> str:
     """A topic name no other test (or earlier run against the same cluster) uses."""
     return f"{prefix}-{os.getpid()}-{time.time_ns() // 1000}-{next(_topic_numbers)}"
+
+
+def unique_output(prefix: str, **options: Any) -> Output:
+    """Output settings whose two topics (``PREFIX-ticks``, ``PREFIX-volume``) no other test
+    uses; ``options`` are the other settings."""
+    return Output(
+        price_ticks_topic=unique_topic(f"{prefix}-ticks"),
+        volume_stream_topic=unique_topic(f"{prefix}-volume"),
+        **options,
+    )
 
 
 @attrs.frozen
@@ -78,6 +105,19 @@ def consume_all(
     finally:
         consumer.close()
     return sorted(records, key=lambda r: (r.partition, r.offset))
+
+
+async def consume_topics(bootstrap: str, counts: dict[str, int]) -> dict[str, list[Record]]:
+    """``consume_all`` of each topic (``{topic: expected count}``), all at once in threads."""
+    records: dict[str, list[Record]] = {}
+
+    async def consume(topic: str, count: int) -> None:
+        records[topic] = await trio.to_thread.run_sync(consume_all, bootstrap, topic, count)
+
+    async with trio.open_nursery() as nursery:
+        for topic, count in counts.items():
+            nursery.start_soon(consume, topic, count)
+    return records
 
 
 def _partitions(consumer: Consumer, topic: str, deadline: float) -> list[int]:

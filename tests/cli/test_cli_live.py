@@ -14,35 +14,33 @@ import re
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
 
-from .conftest import BROKERS
-from .contract import by_topic, expected_messages
-from .kafka_helpers import free_port, unique_topic
-from .test_end_to_end import assert_topic_matches, received_frames
-from .test_live import server
-from .test_live_end_to_end import bar_frames, consume_topics
+from ..helpers.cli import command
+from ..helpers.contract import (
+    assert_topic_matches,
+    bar_frames,
+    by_topic,
+    expected_messages,
+    received_frames,
+)
+from ..helpers.kafka import consume_topics, free_port, one_broker, unique_topic
+from ..helpers.server import server
+from ..helpers.waiting import until
 
 KEY = "cli-live-secret-5be1d0"
 #: Real seconds a child process may take to do what the test waits for.
 TIMEOUT = 60.0
-one_broker = pytest.mark.parametrize("kafka_bootstrap", [BROKERS[-1]], indirect=True)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The environment of a child: no Finazon key and no Kafka endpoint unless given."""
     env = {k: v for k, v in os.environ.items() if k not in ("FINAZON_API_KEY", "KAFKA_ENDPOINT")}
     return env | extra
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "finazon_trio", *args]
 
 
 def live_args(port: int, *extra: str, query: str = "") -> list[str]:
@@ -106,14 +104,6 @@ async def start(nursery: trio.Nursery, args: list[str], env: dict[str, str], cwd
     return child
 
 
-async def wait_until(condition: Callable[[], bool], what: str) -> None:
-    with trio.move_on_after(TIMEOUT):
-        while not condition():  # noqa: ASYNC110 - polling another process's output
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"{what}: not within {TIMEOUT:g} s")
-
-
 def test_a_missing_api_key_fails_clearly_before_anything_connects(tmp_path: Path) -> None:
     """No key (or a blank one): exit status 2 and one clear line, before the tool contacts the
     WebSocket URL or Kafka (both point at a listener that must see no connection)."""
@@ -175,7 +165,7 @@ async def test_sigint_flushes_kafka_and_the_recording_and_exits_zero(
             query=f"?apikey={KEY}",  # a URL that carries the key as well: it must not leak
         )
         child = await start(nursery, args, cli_env(FINAZON_API_KEY=KEY), tmp_path)
-        await wait_until(lambda: len(bar_frames(log.sent())) >= 60, "60 bar frames sent")
+        await until(lambda: len(bar_frames(log.sent())) >= 60, "60 bar frames sent")
         child.process.send_signal(signal.SIGINT)
         status = await child.exit_status()
     stderr = child.text()
@@ -215,10 +205,10 @@ async def test_the_readme_walkthrough_serve_in_one_process_live_in_another(
         serve = ["serve", "--port", str(port), "--speed", "10"]
         serving = await start(nursery, serve, cli_env(), tmp_path)
         url = f"ws://127.0.0.1:{port}/v1"
-        await wait_until(lambda: f"server on {url}" in serving.text(), "the server listening")
+        await until(lambda: f"server on {url}" in serving.text(), "the server listening")
         env = cli_env(FINAZON_API_KEY="demo")
         live = await start(nursery, live_args(port, "--record", str(record)), env, tmp_path)
-        await wait_until(lambda: recorded_bars(record) >= 20, "20 bar frames recorded")
+        await until(lambda: recorded_bars(record) >= 20, "20 bar frames recorded")
         live.process.send_signal(signal.SIGINT)
         live_status = await live.exit_status()
         serving.process.send_signal(signal.SIGINT)

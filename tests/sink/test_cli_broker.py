@@ -9,7 +9,7 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
-from .kafka_helpers import free_port, produce_all, unique_topic
+from ..helpers.kafka import free_port, produce_all, unique_topic
 
 
 def test_broker_command_serves_until_sigterm() -> None:

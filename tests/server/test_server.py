@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +16,13 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from finazon_trio.server.app import serve
-from finazon_trio.server.config import ServerConfig
-from finazon_trio.server.session import ServerLog
 from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.source.protocol import MAX_EVENT_BYTES
 from finazon_trio.transform.frames import Bar, Reject, parse_frame
 
+from ..helpers.server import T0, server
+
 KEY = "test-key-0123456789"
-T0 = 1_731_080_000
-
-
-@asynccontextmanager
-async def server(**options: Any) -> AsyncIterator[tuple[int, ServerLog]]:
-    log = ServerLog()
-    options.setdefault("start_time", T0)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, ServerConfig(port=0, **options), log)
-        yield port, log
-        nursery.cancel_scope.cancel()
 
 
 def url(port: int, key: str | None = KEY) -> str:

@@ -1,11 +1,12 @@
-"""Kafka going away and coming back (issue 6, items 1, 2 and 6), against Apache Kafka.
+"""Kafka going away and coming back, against Apache Kafka (what the README promises in "Kafka
+and guarantees").
 
 Each test has a broker of its own (the ``apache_kafka`` fixture, or one it starts late) to
 SIGKILL, stop and restart on the same port and data directory while a replay or a live run
 against ``serve`` is in full flight. Afterwards it consumes both topics back and compares them,
-message by message, with what the contract oracle (:mod:`tests.contract`) says the frames that
-went through must give: every message exactly once, each symbol's in order. In live mode the
-run's own recording says which frames were received.
+message by message, with what the contract oracle (:mod:`tests.helpers.contract`) says the
+frames that went through must give: every message exactly once, each symbol's in order. In live
+mode the run's own recording says which frames were received.
 
 Steps wait for conditions on the run's metrics (bounded, with a message saying what did not
 happen), never for a fixed time, except the few seconds a broker stays down.
@@ -15,10 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import resource
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,12 @@ from finazon_trio.settings import KafkaSettings, LiveSettings, Output, Settings,
 from finazon_trio.source.live import live_source
 from finazon_trio.source.replay import replay_source
 
-from .contract import by_topic
-from .kafka_helpers import ApacheKafka, consume_all, create_topic, free_port, unique_topic
-from .test_end_to_end import SAMPLE, assert_topic_matches, expect
-from .test_live import server
+from ..helpers import waiting
+from ..helpers.cli import run_cli
+from ..helpers.contract import assert_topic_matches, by_topic, expect
+from ..helpers.kafka import ApacheKafka, consume_all, create_topic, free_port, unique_output
+from ..helpers.paths import SAMPLE
+from ..helpers.server import server
 
 KEY = "outage-test-key-77c1"
 #: Real seconds one step may take: a broker restart on a busy 2-core machine included.
@@ -49,27 +49,13 @@ DOWN_FOR = 3.0
 FLUSH_TIMEOUT = 300.0
 
 Scenario = Callable[[Metrics], Awaitable[None]]
-
-
-async def until(
-    condition: Callable[[], bool],
-    what: str,
-    timeout: float = STEP_TIMEOUT,  # noqa: ASYNC109 - a test step's bound, with a message
-) -> None:
-    """Return once ``condition()`` holds; fail the test, saying ``what``, after ``timeout``."""
-    with trio.move_on_after(timeout):
-        while not condition():  # noqa: ASYNC110 - the condition is on metrics
-            await trio.sleep(0.05)
-        return
-    raise AssertionError(f"not within {timeout:g} s: {what}")
+#: Waits for a condition on the run's metrics, for as long as a step may take.
+until = functools.partial(waiting.until, timeout=STEP_TIMEOUT)
 
 
 @pytest.fixture
 def output() -> Output:
-    return Output(
-        price_ticks_topic=unique_topic("outage-ticks"),
-        volume_stream_topic=unique_topic("outage-volume"),
-    )
+    return unique_output("outage")
 
 
 async def assert_kafka_holds(bootstrap: str, recording: Path, output: Output) -> int:
@@ -268,19 +254,6 @@ async def test_a_live_run_loses_nothing_to_a_late_broker_nor_to_a_kill(
         await trio.to_thread.run_sync(kafka.stop)
 
 
-def cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``finazon-trio ARGS`` in a subprocess (wide lines, so that messages are not wrapped)."""
-    environment = {k: v for k, v in os.environ.items() if k != "KAFKA_ENDPOINT"}
-    return subprocess.run(
-        [sys.executable, "-m", "finazon_trio", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=environment | {"COLUMNS": "500"} | (env or {}),
-        timeout=300,
-        check=False,
-    )
-
-
 def the_error(stderr: str) -> str:
     """The one ``error:`` line the command printed."""
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -291,7 +264,9 @@ def the_error(stderr: str) -> str:
 
 def test_a_broker_still_absent_at_the_deadline_is_one_clear_error() -> None:
     endpoint = f"127.0.0.1:{free_port()}"
-    run = cli("replay", SAMPLE, "--no-dashboard", "--kafka-endpoint", endpoint, "--kafka-wait", "4")
+    run = run_cli(
+        "replay", SAMPLE, "--no-dashboard", "--kafka-endpoint", endpoint, "--kafka-wait", "4"
+    )
     assert run.returncode != 0
     error = the_error(run.stderr)
     assert f"Kafka at {endpoint} did not answer within 4 s" in error
@@ -310,7 +285,7 @@ def test_wrong_kafka_credentials_are_one_clear_error(kafka_bootstrap: str) -> No
             "sasl.password=wrong",
         )
     ]
-    run = cli("replay", SAMPLE, "--no-dashboard", "--kafka-endpoint", kafka_bootstrap, *sasl)
+    run = run_cli("replay", SAMPLE, "--no-dashboard", "--kafka-endpoint", kafka_bootstrap, *sasl)
     assert run.returncode != 0
     error = the_error(run.stderr)
     assert f"Kafka at {kafka_bootstrap} refused this client's authentication" in error
@@ -327,7 +302,7 @@ async def test_live_past_the_deadline_keeps_what_it_received_for_republish(
     async with server(speed=20.0) as (port, _):
         run = await trio.to_thread.run_sync(
             functools.partial(
-                cli,
+                run_cli,
                 *("live", "--no-dashboard", "--tickers", "AAPL,MSFT"),
                 *("--url", f"ws://127.0.0.1:{port}/v1"),
                 *("--kafka-endpoint", endpoint, "--kafka-wait", "3", "--record", recording),
@@ -345,7 +320,7 @@ async def test_live_past_the_deadline_keeps_what_it_received_for_republish(
     for topic in (output.price_ticks_topic, output.volume_stream_topic):
         create_topic(kafka_bootstrap, topic)
     again = await trio.to_thread.run_sync(
-        cli, "republish", kept, "--kafka-endpoint", kafka_bootstrap
+        run_cli, "republish", kept, "--kafka-endpoint", kafka_bootstrap
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert await assert_kafka_holds(kafka_bootstrap, recording, output) > 0

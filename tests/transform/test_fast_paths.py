@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 from finazon_trio.transform.frames import _check_bar, parse_bar
 from finazon_trio.transform.interpolation import DECIMALS, round_prices
 
+from ..helpers.frames import DROP
+
 FAST_LIMIT = 2.0**51 / 10**DECIMALS  # where the fast path ends (about 22 million)
 
 
@@ -80,7 +82,6 @@ ODD += [-math.inf, True, False, None, "", "1s", " 1m ", "2x", [], {}]
 BAR: dict[str, Any] = {"s": "AAPL", "t": 1699540020, "o": 2.5, "h": 3, "l": 2.0, "c": 2.75}
 BAR |= {"v": 4572, "d": "us_stocks_essential", "p": "finazon", "ch": "bars", "f": "1s"}
 BAR |= {"aggr": "1m"}
-DROP = object()
 
 
 def check_bar(obj: dict[str, Any]) -> None:

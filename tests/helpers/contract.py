@@ -1,18 +1,25 @@
-"""An independent, deliberately plain reading of the output contract (issue 2).
+"""An independent, deliberately plain reading of the output contract (see the README, "The
+output contract").
 
 End-to-end tests compute what Kafka must hold from the frames a source delivered, with this
-module, and compare it with what they consume back, message by message. It shares no code with
-the transform on purpose.
+module, and compare it with what they consume back, message by message
+(:func:`assert_topic_matches`). It shares no code with the transform on purpose.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
+
+from finazon_trio.settings import Output
+
+from .kafka import Record, consume_all
 
 WINDOWS_MS = {"1s": 1000, "10s": 10_000, "1m": 60_000}
 
@@ -134,3 +141,69 @@ def expected_messages(
 
 def by_topic(expected: list[Expected], topic: str) -> list[Expected]:
     return [m for m in expected if m.topic == topic]
+
+
+def received_frames(path: Path) -> list[tuple[int, str]]:
+    """The (t_ns, text) of every ``dir: "in"`` line of a recording, skipping corrupt lines."""
+    frames = []
+    for line in path.read_text().splitlines()[1:]:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("dir") == "in":
+            frames.append((entry["t_ns"], entry["text"]))
+    return frames
+
+
+def expect(path: Path, output: Output, **options: object) -> list[Expected]:
+    """What the contract says the replay of this recording publishes to these topics."""
+    return expected_messages(
+        received_frames(path),
+        price_topic=output.price_ticks_topic,
+        volume_topic=output.volume_stream_topic,
+        points=output.points,
+        volume_format=output.volume_format,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def assert_topic_matches(records: list[Record], expected: list[Expected]) -> None:
+    """Same messages, each key's messages in the same order (keys may share partitions)."""
+    got: dict[bytes, list[tuple[object, int]]] = defaultdict(list)
+    for r in records:
+        value = r.value if isinstance(expected[0].value, bytes) else json.loads(r.value)
+        got[r.key].append((value, r.timestamp))
+    want: dict[bytes, list[tuple[object, int]]] = defaultdict(list)
+    for m in expected:
+        want[m.key].append((m.value, m.timestamp))
+    assert got.keys() == want.keys()
+    for key in want:
+        assert len(got[key]) == len(want[key]), key
+        for i, (g, w) in enumerate(zip(got[key], want[key], strict=True)):
+            assert g == w, f"{key!r} message {i}: {g} != {w}"
+
+
+def assert_kafka_holds(
+    bootstrap: str, expected_frames: list[tuple[int, str]], ticks: str, volumes: str
+) -> int:
+    """Both topics hold exactly the contract's messages for these frames; returns how many."""
+    expected = expected_messages(expected_frames, price_topic=ticks, volume_topic=volumes)
+    for topic in (ticks, volumes):
+        want = by_topic(expected, topic)
+        assert want, "no bar went through"
+        assert_topic_matches(consume_all(bootstrap, topic, len(want)), want)
+    return len(expected)
+
+
+def bar_frames(texts: list[str]) -> list[dict[str, Any]]:
+    """The frames among ``texts`` that are one valid bar each (flat frames only)."""
+    return [obj for obj in map(json_or_none, texts) if isinstance(obj, dict) and valid_bar(obj)]
+
+
+def json_or_none(text: str) -> Any:
+    """``text`` parsed as JSON, or ``None`` if it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -33,10 +33,10 @@ from finazon_trio.sink.message_log import (
 )
 from finazon_trio.sink.publisher import ABANDONED, Publisher, producer_config
 
-from .contract import by_topic
-from .kafka_helpers import consume_all, create_topic, free_port, unique_topic
-from .test_bad_config import SAMPLE
-from .test_end_to_end import assert_topic_matches, expect
+from ..helpers.cli import run_cli
+from ..helpers.contract import assert_topic_matches, by_topic, expect
+from ..helpers.kafka import consume_all, create_topic, free_port, unique_topic
+from ..helpers.paths import SAMPLE
 
 T0_MS = 1_731_080_000_000
 #: Records Kafka keeps: its retention (7 days) deletes older ones, maybe while a test runs.
@@ -284,26 +284,6 @@ async def test_purged_messages_are_written_in_the_order_they_were_produced(
     assert any(
         m.startswith(warning) and m.endswith(": a second Ctrl-C") for m in caplog.messages
     ), caplog.messages
-
-
-def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "KAFKA_ENDPOINT"} | {"COLUMNS": "500"}
-    return subprocess.run(
-        [sys.executable, "-m", "finazon_trio", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-        check=False,
-    )
-
-
-@pytest.fixture
-def strict_bootstrap(kafka_kind: str, kafka_bootstrap: str) -> str:
-    """A broker that does not create topics on first use (unlike the embedded one)."""
-    if kafka_kind == "embedded":
-        pytest.skip("Tansu creates topics on first use")
-    return kafka_bootstrap
 
 
 def test_failed_deliveries_go_to_the_failed_file_and_republish_completes_the_run(

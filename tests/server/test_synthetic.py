@@ -15,9 +15,10 @@ from finazon_trio.events import Lifecycle, Received, Sent
 from finazon_trio.recording import Corrupt, iter_entries, read_header
 from finazon_trio.server.synthetic import SyntheticMarket, generate_recording
 
+from ..helpers.paths import SAMPLE
+
 TICKERS = ["AAPL", "MSFT", "GOOGL", "AMZN", "TSLA"]
 START = 1_731_079_830  # 2024-11-08T15:30:30Z, mid-minute
-SAMPLE = Path(__file__).parent.parent / "recordings" / "sample.jsonl"
 
 
 def run(market: SyntheticMarket, tickers: list[str], seconds: range) -> dict[str, list[Any]]:

@@ -24,12 +24,6 @@ def frame(i: int, t_ns: int) -> Received:
     return Received(t_ns, 1, f'{{"s":"AAPL","t":1731079800,"c":{200 + i}}}')
 
 
-@pytest.fixture
-def clock() -> trio.testing.MockClock:
-    """Autojump, but only after 50 ms of real idleness: never while a read thread still runs."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
-
-
 async def replay(
     path: Path, metrics: SourceMetrics, speed: float | None = None
 ) -> list[tuple[float, SourceEvent]]:

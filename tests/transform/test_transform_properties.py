@@ -16,10 +16,11 @@ from finazon_trio.settings import Output, Subscription, interval_ms
 from finazon_trio.transform.frames import parse_frame
 from finazon_trio.transform.stage import Transformer
 
+from ..helpers.frames import DROP
+
 T0 = 1699540020
 FIELDS = ("s", "t", "o", "h", "l", "c", "v", "d", "p", "ch", "f", "aggr")
 SYMBOLS = ("AAPL", "MSFT", "BTC/USDT")
-DROP = object()
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(

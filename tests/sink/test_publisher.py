@@ -20,7 +20,7 @@ from finazon_trio.sink.publisher import (
     producer_config,
 )
 
-from .kafka_helpers import consume_all, free_port, unique_topic
+from ..helpers.kafka import consume_all, free_port, unique_topic
 
 SYMBOLS = [b"AAPL", b"MSFT", b"BRK.B", b"TSLA"]
 T0_MS = 1_731_080_000_000
@@ -127,15 +127,6 @@ async def test_topics_are_created_with_the_requested_partitions(
     topics = AdminClient({"bootstrap.servers": kafka_bootstrap}).list_topics(timeout=10).topics
     assert len(topics[four].partitions) == 4
     assert len(topics[two].partitions) == 4
-
-
-@pytest.fixture
-def strict_bootstrap(kafka_kind: str, kafka_bootstrap: str) -> str:
-    """A broker that refuses what Kafka refuses, unlike the embedded one (an external cluster
-    must not create topics on first use either)."""
-    if kafka_kind == "embedded":
-        pytest.skip("Tansu creates topics on first use and accepts any replication factor")
-    return kafka_bootstrap
 
 
 async def test_topics_that_cannot_be_created_raise(strict_bootstrap: str) -> None:

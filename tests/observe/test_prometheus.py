@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import functools
 
@@ -12,17 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from finazon_trio.errors import ConfigurationError
-from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, Metrics
+from finazon_trio.observe.metrics import Metrics
 from finazon_trio.observe.prometheus import REQUEST_TIMEOUT, serve_metrics
 
+from ..helpers.metrics import record
+
 LOOPBACK = "127.0.0.1"
-
-
-def record(histogram: list[int], seconds: float) -> None:
-    """Count one latency as the publisher does (the last bucket also holds anything slower)."""
-    histogram[
-        min(bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000), len(LATENCY_BUCKETS_MS) - 1)
-    ] += 1
 
 
 def busy_metrics() -> Metrics:

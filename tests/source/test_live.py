@@ -18,17 +18,15 @@ from trio_websocket import WebSocketRequest, serve_websocket
 from finazon_trio.errors import AuthenticationError, ConfigurationError
 from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
 from finazon_trio.observe.metrics import SourceMetrics, SourceState
-from finazon_trio.server.app import serve
-from finazon_trio.server.config import ServerConfig
-from finazon_trio.server.session import ServerLog
 from finazon_trio.settings import LiveSettings, Settings, Subscription
 from finazon_trio.source.backoff import RetriesExhaustedError
 from finazon_trio.source.live import live_source
 from finazon_trio.source.protocol import MAX_EVENT_BYTES
 from finazon_trio.transform.frames import Reject, parse_frame
 
+from ..helpers.server import T0, server
+
 KEY = "sekrit-api-key-4242"
-T0 = 1_731_080_000
 
 
 def settings(port: int, tickers: tuple[str, ...] = ("AAPL", "MSFT"), **live: Any) -> Settings:
@@ -36,16 +34,6 @@ def settings(port: int, tickers: tuple[str, ...] = ("AAPL", "MSFT"), **live: Any
         subscription=Subscription(tickers=tickers),
         live=LiveSettings(url=f"ws://127.0.0.1:{port}/v1", api_key=KEY, **live),
     )
-
-
-@asynccontextmanager
-async def server(**options: Any) -> AsyncIterator[tuple[int, ServerLog]]:
-    log = ServerLog()
-    options.setdefault("start_time", T0)
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(serve, ServerConfig(port=0, **options), log)
-        yield port, log
-        nursery.cancel_scope.cancel()
 
 
 @attrs.define

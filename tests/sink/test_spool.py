@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from finazon_trio.observe.metrics import PublisherMetrics
 from finazon_trio.sink import spool as spool_module
 from finazon_trio.sink.failed import message_files, read_messages
 from finazon_trio.sink.spool import Spool
+
+from ..helpers import waiting
 
 #: What the publisher's channel holds in these tests.
 BUFFER = 4
@@ -78,12 +81,8 @@ async def running(tmp_path: Path, *, opened: bool = True) -> AsyncIterator[Harne
         yield Harness(spool, metrics, send, receive, directory, nursery.cancel_scope)
 
 
-async def until(condition: object, what: str) -> None:
-    with trio.move_on_after(STEP):
-        while not condition():  # type: ignore[operator]  # noqa: ASYNC110
-            await trio.sleep(0.005)
-        return
-    raise AssertionError(f"not within {STEP:g} s: {what}")
+#: Waits for a condition on the spool's metrics or files (checked often: they change fast).
+until = functools.partial(waiting.until, timeout=STEP, poll=0.005)
 
 
 async def test_passes_straight_through_while_the_publisher_keeps_up(tmp_path: Path) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
 import functools
 import io
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,8 +14,11 @@ from rich.console import Console, RenderableType
 from rich.style import Style
 
 from finazon_trio.observe.dashboard import log_line, render
-from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS, Metrics
+from finazon_trio.observe.metrics import Metrics
 from finazon_trio.observe.refresh import Sampler, run_dashboard
+
+from ..helpers.metrics import record
+from ..helpers.waiting import until
 
 NOW = 1_731_162_665.0  # 2024-11-09 14:31:05 UTC
 MINUTE = int(NOW // 60 * 60)
@@ -65,13 +66,6 @@ def replay_metrics() -> Metrics:
     metrics.publisher.endpoint, metrics.publisher.embedded = "127.0.0.1:39123", True
     metrics.tickers.on_bar("AAPL", 1_699_542_960, 220.0, 219.5, 90, 1_699_543_019.0)
     return metrics
-
-
-def record(histogram: list[int], seconds: float) -> None:
-    """Count one latency as the publisher does (the last bucket also holds anything slower)."""
-    histogram[
-        min(bisect.bisect_left(LATENCY_BUCKETS_MS, seconds * 1000), len(LATENCY_BUCKETS_MS) - 1)
-    ] += 1
 
 
 def snap(metrics: Metrics, rates: dict[str, float] | None = None) -> dict[str, Any]:
@@ -318,20 +312,21 @@ async def test_run_dashboard_redraws_its_console_and_logs_go_above_it(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(draw)
-            await until(lambda: out.getvalue().count("Connection") >= 3)  # redrawn
+            # On the real clock: the console is written from a worker thread.
+            await until(
+                lambda: out.getvalue().count("Connection") >= 3, "redrawn", timeout=10, poll=0.01
+            )
             assert handler.stream is not out, "log lines go through the console while it draws"
             logging.getLogger("finazon_trio.test").warning("a warning while drawing")
-            await until(lambda: "a warning while drawing" in out.getvalue())
+            await until(
+                lambda: "a warning while drawing" in out.getvalue(),
+                "the warning on the console",
+                timeout=10,
+                poll=0.01,
+            )
             nursery.cancel_scope.cancel()
     finally:
         logging.getLogger().removeHandler(handler)
     assert handler.stream is out
     assert "AAPL" in out.getvalue()
     assert capsys.readouterr().out == "", "stdout stays clean"
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait (on the real clock: drawing happens in a thread) until ``condition()`` holds."""
-    with trio.fail_after(10):
-        while not condition():  # noqa: ASYNC110 (the console is written from a worker thread)
-            await trio.sleep(0.01)
