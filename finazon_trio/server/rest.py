@@ -11,10 +11,10 @@ of the same market the WebSocket streams (:meth:`.feeds.Feed.minute_bars`). The 
 ``API_RATE_LIMIT_EXCEEDED``, 503 ``DATA_UNAVAILABLE``.
 
 Faults (:class:`.config.ServerConfig`): ``rest_reject_auth`` (401), ``rest_rate_limit`` calls
-a minute per key (then 429), ``rest_failure_rate`` (503), ``rest_delay`` seconds before each answer, ``rest_garbage_rate``
-(a 200 with a malformed body: wrong shapes, missing fields, bars outside the range, duplicates,
-out of order). HTTP is spoken by h11 over trio streams, one request per connection at a time,
-keep-alive honoured.
+a minute per key (then 429), ``rest_failure_rate`` (503), ``rest_delay`` seconds before each
+answer, ``rest_garbage_rate`` (a 200 with a malformed body: wrong shapes, missing fields, bars
+outside the range, duplicates, out of order). HTTP is spoken by h11 over trio streams, one
+request per connection at a time, keep-alive honoured.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ import functools
 import json
 import os
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +25,6 @@ from finazon_trio.events import SourceEvent
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import header_from_settings, read_header, replay_settings
-from finazon_trio.server.app import serve
-from finazon_trio.server.config import ServerConfig
 from finazon_trio.server.session import ServerLog
 from finazon_trio.settings import (
     BackfillSettings,
@@ -39,12 +36,11 @@ from finazon_trio.settings import (
 )
 from finazon_trio.source.live import live_source
 from finazon_trio.source.replay import replay_source
-
-from .contract import expected_messages, valid_bar
-from .kafka_helpers import Record, consume_all, unique_topic
+from tests.helpers.contract import expected_messages, valid_bar
+from tests.helpers.kafka import Record, consume_all, consume_topics, unique_topic
+from tests.helpers.server import server
 
 KEY = "backfill-secret-5d1e"
-T0 = 1_731_080_000
 TICKERS = ("AAPL", "MSFT")
 #: Simulated seconds per real second.
 SPEED = 60.0
@@ -56,17 +52,6 @@ ONE_BROKER = pytest.mark.parametrize(
     ["external" if os.environ.get("KAFKA_TEST_BOOTSTRAP") else "embedded"],
     indirect=True,
 )
-
-
-@asynccontextmanager
-async def server(**options: Any) -> AsyncIterator[tuple[int, ServerLog]]:
-    log = ServerLog()
-    options.setdefault("start_time", T0 + 20)
-    async with trio.open_nursery() as nursery:
-        config = ServerConfig(port=0, rest_port=0, speed=SPEED, **options)
-        port = await nursery.start(serve, config, log)
-        yield port, log
-        nursery.cancel_scope.cancel()
 
 
 def outputs() -> Output:
@@ -167,18 +152,6 @@ def expected_with_backfill(
     return out
 
 
-async def consume(bootstrap: str, counts: dict[str, int]) -> dict[str, list[Record]]:
-    records: dict[str, list[Record]] = {}
-
-    async def one(topic: str, count: int) -> None:
-        records[topic] = await trio.to_thread.run_sync(consume_all, bootstrap, topic, count)
-
-    async with trio.open_nursery() as nursery:
-        for topic, count in counts.items():
-            nursery.start_soon(one, topic, count)
-    return records
-
-
 def by_key(records: list[Record]) -> dict[bytes, list[tuple[Any, int, bool]]]:
     got: dict[bytes, list[tuple[Any, int, bool]]] = defaultdict(list)
     for r in records:
@@ -216,7 +189,10 @@ async def test_a_drop_of_minutes_is_backfilled_in_order_and_replays_identically(
     replays to the identical records, headers included, without a key or a network."""
     output = outputs()
     record = tmp_path / "live.jsonl"
-    async with server(drop_every=100 / SPEED, drop_for=200) as (port, log):
+    async with server(rest_port=0, speed=SPEED, drop_every=100 / SPEED, drop_for=200) as (
+        port,
+        log,
+    ):
         settings = live_settings(port, log, kafka_bootstrap, output, record)
         result, metrics = await run_live(settings, answered)
         bars = {symbol: await server_bars(log, symbol) for symbol in TICKERS}
@@ -227,7 +203,7 @@ async def test_a_drop_of_minutes_is_backfilled_in_order_and_replays_identically(
     expected = expected_with_backfill(lines, output)
     ticks_count = sum(1 for v in expected.values() for m in v if "price" in m[0])
     volume_count = sum(len(v) for v in expected.values()) - ticks_count
-    records = await consume(
+    records = await consume_topics(
         kafka_bootstrap,
         {output.price_ticks_topic: ticks_count, output.volume_stream_topic: volume_count},
     )
@@ -267,7 +243,7 @@ async def test_a_drop_of_minutes_is_backfilled_in_order_and_replays_identically(
     source = functools.partial(replay_source, record, metrics=replay_metrics.source)
     again = await run_pipeline(replay, source, replay_metrics, handle_signals=False)
     assert again.ok
-    copies = await consume(
+    copies = await consume_topics(
         kafka_bootstrap,
         {replayed.price_ticks_topic: ticks_count, replayed.volume_stream_topic: volume_count},
     )
@@ -303,7 +279,10 @@ async def test_what_rest_cannot_fill_becomes_gap_records(
     the reason; live frames wait no longer than the timeout, and nothing else is lost."""
     output = outputs()
     record = tmp_path / "live.jsonl"
-    async with server(drop_every=100 / SPEED, drop_for=150, **faults) as (port, log):
+    async with server(rest_port=0, speed=SPEED, drop_every=100 / SPEED, drop_for=150, **faults) as (
+        port,
+        log,
+    ):
         settings = live_settings(port, log, kafka_bootstrap, output, record, **backfill)
 
         _, metrics = await run_live(settings, answered)
@@ -350,7 +329,7 @@ async def test_what_rest_cannot_fill_becomes_gap_records(
     expected = expected_with_backfill(lines, output)
     ticks_count = sum(1 for v in expected.values() for m in v if "price" in m[0])
     volume_count = sum(len(v) for v in expected.values()) - ticks_count
-    records = await consume(
+    records = await consume_topics(
         kafka_bootstrap,
         {output.price_ticks_topic: ticks_count, output.volume_stream_topic: volume_count},
     )
