@@ -120,7 +120,7 @@ def test_rest_bars_rejects_shapes_fields_range_and_duplicates() -> None:
     )
     bars, rejects = rest_bars(body, "AAPL", M, M + 120)
     assert sorted(bars) == [M, M + 60]
-    assert bars[M].close == 11.0 and bars[M].symbol == "AAPL" and bars[M].frequency == "1m"
+    assert (bars[M].close, bars[M].symbol, bars[M].frequency) == (11.0, "AAPL", "1m")
     assert rejects == 5
     assert rest_bars("<html>", "AAPL", M, M) == ({}, 1)
     assert rest_bars('{"data": {}}', "AAPL", M, M) == ({}, 1)
@@ -128,7 +128,7 @@ def test_rest_bars_rejects_shapes_fields_range_and_duplicates() -> None:
 
 def test_judge_names_the_reason_for_what_is_missing() -> None:
     full = judge(answer(1, "AAPL", [rest_bar(M), rest_bar(M + 60)]), M, M + 60)
-    assert full.reason is None and sorted(full.bars) == [M, M + 60]
+    assert (full.reason, sorted(full.bars)) == (None, [M, M + 60])
     assert judge(answer(1, "AAPL", [rest_bar(M)]), M, M + 60).reason == "not_served"
     assert judge(answer(1, "AAPL", [], status=401), M, M).reason == "unauthorized"
     garbage = judge(answer(1, "AAPL", [{"t": M}]), M, M)
@@ -177,7 +177,7 @@ def test_a_failed_backfill_is_a_gap_record_then_the_held_bars() -> None:
     h.frame(200, frame("AAPL", M + 180, 11.5, 50), conn=2)
     messages = h.event(answer(1, "AAPL", [], status=429))
     gap, live = messages[0], messages[1:]
-    assert gap[0] == "gaps" and gap[1] == b"AAPL" and gap[4] is None
+    assert (gap[0], gap[1], gap[4]) == ("gaps", b"AAPL", None)
     assert orjson.loads(gap[2]) == {
         "symbol": "AAPL",
         "first_missing": M,
@@ -235,8 +235,9 @@ def test_a_late_answer_after_a_second_disconnect_starts_the_next_backfill_in_ord
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=3), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=3), children, max_size=4)
+    ),
     max_leaves=12,
 )
 _number = st.one_of(
