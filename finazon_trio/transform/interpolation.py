@@ -30,7 +30,7 @@ def round_prices(values: Sequence[float]) -> list[float]:
     jumps over a float, so ``y`` lies on the same side of every half as the exact product, or on
     the half itself. Only then (ties included), and for zero, negative, huge or non-finite
     values, does this call ``round``. (A frame's 89 rounded prices: 61 -> 22 us; ``round`` was
-    40% of the transform's time. ``tests/test_fast_paths.py`` checks the equality.)
+    40% of the transform's time. ``tests/transform/test_fast_paths.py`` checks the equality.)
     """
     return [
         r / _SCALE if 0.0 < y < _FAST_BELOW and -0.5 < y - r < 0.5 else round(x, DECIMALS)
