@@ -336,3 +336,29 @@ async def test_what_rest_cannot_fill_becomes_gap_records(
     assert by_key(records[output.volume_stream_topic]) == {
         key: [m for m in v if "price" not in m[0]] for key, v in expected.items()
     }
+
+
+@ONE_BROKER
+async def test_garbage_from_rest_is_rejected_counted_and_reported(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """REST answers 200 with malformed bodies (wrong shapes, missing fields, bars outside the
+    range, duplicates, out of order): the run goes on; bad bars are counted; every minute from
+    each symbol's first to last is either in the volume stream or in a gap record; each
+    symbol's bars stay in order."""
+    output = outputs()
+    faults = {"drop_every": 100 / SPEED, "drop_for": 150, "rest_garbage_rate": 1.0, "seed": 4}
+    async with server(rest_port=0, speed=SPEED, **faults) as (port, log):
+        settings = live_settings(port, log, kafka_bootstrap, output, tmp_path / "live.jsonl")
+        result, metrics = await run_live(settings, answered)
+    assert metrics.transform.rest_rejects + metrics.transform.backfilled_bars > 0
+    volumes = consume_all(kafka_bootstrap, output.volume_stream_topic, metrics.transform.bars)
+    gaps = consume_all(kafka_bootstrap, output.gaps_topic, metrics.transform.gaps)
+    assert result.delivered == (POINTS + 1) * metrics.transform.bars + len(gaps)
+    for symbol in TICKERS:
+        minutes = [json.loads(r.value)["bar_time"] for r in volumes if r.key == symbol.encode()]
+        assert minutes == sorted(minutes)
+        covered = set(minutes)
+        for gap in map(json.loads, (r.value for r in gaps if r.key == symbol.encode())):
+            covered |= set(range(gap["first_missing"], gap["last_missing"] + 60, 60))
+        assert covered == set(range(minutes[0], minutes[-1] + 60, 60))
