@@ -9,8 +9,10 @@ market's minute bars, so what was backfilled can be compared with the server's b
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +22,12 @@ import attrs
 import httpx
 import pytest
 import trio
+from rich.console import Console
 
 from finazon_trio.events import SourceEvent
+from finazon_trio.observe.dashboard import log_line, render
 from finazon_trio.observe.metrics import Metrics
+from finazon_trio.observe.prometheus import families
 from finazon_trio.pipeline import RunResult, run_pipeline
 from finazon_trio.recording import header_from_settings, read_header, replay_settings
 from finazon_trio.server.session import ServerLog
@@ -230,6 +235,20 @@ async def test_a_drop_of_minutes_is_backfilled_in_order_and_replays_identically(
             )
             assert (value["close_price"], value["volume"]) == (bar["c"], bar["v"])
             assert value["timestamp"] == (value["bar_time"] + 60) * 1000
+
+    # Counted in the Prometheus metrics and the dashboard, without the key.
+    snapshot = metrics.snapshot()
+    snapshot["rates"] = {}
+    values = {s.name: s.value for f in families(snapshot) for s in f.samples}
+    assert values["finazon_trio_backfilled_bars_total"] == metrics.transform.backfilled_bars
+    assert values["finazon_trio_backfills_total"] == len(TICKERS)
+    assert values["finazon_trio_gaps_total"] == 0
+    assert values["finazon_trio_rest_calls_total"] == len(TICKERS)
+    console = Console(width=140, record=True, file=io.StringIO())
+    console.print(render(snapshot, time.time()))
+    shown = console.export_text() + log_line(snapshot, time.time())
+    assert f"{metrics.transform.backfilled_bars} min filled · 0 gaps" in shown
+    assert KEY not in shown + repr(values)
 
     # The recording replays to the same records, headers included.
     replayed = outputs()
