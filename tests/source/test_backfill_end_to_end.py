@@ -8,13 +8,15 @@ market's minute bars, so what was backfilled can be compared with the server's b
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
+import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,24 @@ async def run_live(
     result = await run_pipeline(settings, source, metrics, header=header, handle_signals=False)
     assert result.ok, result
     return result, metrics
+
+
+@contextlib.contextmanager
+def http_logs() -> Iterator[io.StringIO]:
+    """Everything httpx and httpcore log, at DEBUG, while the block runs."""
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    loggers = [logging.getLogger(name) for name in ("httpx", "httpcore")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
+    try:
+        yield text
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.removeHandler(handler)
+            log.setLevel(level)
 
 
 def recording_lines(path: Path) -> list[dict[str, Any]]:
@@ -199,11 +219,14 @@ async def test_a_drop_of_minutes_is_backfilled_in_order_and_replays_identically(
         log,
     ):
         settings = live_settings(port, log, kafka_bootstrap, output, record)
-        result, metrics = await run_live(settings, answered)
+        with http_logs() as logged:
+            result, metrics = await run_live(settings, answered)
         bars = {symbol: await server_bars(log, symbol) for symbol in TICKERS}
 
     lines = recording_lines(record)
     assert KEY not in record.read_text()
+    assert "time_series" in logged.getvalue()  # httpx logged its requests, without the key
+    assert KEY not in logged.getvalue()
     assert sum("rest" in entry for entry in lines) == len(TICKERS)
     expected = expected_with_backfill(lines, output)
     ticks_count = sum(1 for v in expected.values() for m in v if "price" in m[0])
