@@ -163,7 +163,7 @@ class RestClient:
             except trio.Cancelled:  # the timeout, mid-call: keep the request, re-raise
                 exchanges.append(HttpExchange(t_ns, self._path, params, error=TIMEOUT))
                 raise
-            except httpx.HTTPError as exc:
+            except Exception as exc:  # httpx.HTTPError, or anything odd: a gap, not a crash
                 exchange = HttpExchange(t_ns, self._path, params, error=f"network: {exc!r}"[:300])
                 exchanges.append(exchange)
                 return exchange
