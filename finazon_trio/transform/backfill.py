@@ -274,7 +274,9 @@ class Backfiller:
         if busy is not None:
             busy.held.append((e, bar, conn))
             if len(busy.held) > MAX_HELD:
-                self._gaps(e, symbol, busy.first, busy.last, OVERFLOW, messages)
+                asked = ask_range(busy.first, busy.last)
+                assert asked is not None
+                self._gaps(e, symbol, *asked, OVERFLOW, messages)
                 self._release(symbol, messages, feed)
             return True
         if symbol not in self._marked:

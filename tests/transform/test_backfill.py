@@ -21,6 +21,7 @@ from finazon_trio.observe.metrics import TransformMetrics
 from finazon_trio.settings import Output, Subscription
 from finazon_trio.transform.backfill import (
     GAP_REASONS,
+    MAX_HELD,
     MAX_HISTORY_BARS,
     ask_range,
     gap_ranges,
@@ -295,3 +296,15 @@ def test_fuzzed_rest_answers_never_crash_and_leave_gaps(
     bar_times = [v["bar_time"] for v in volumes(messages)]
     assert bar_times == sorted(bar_times)
     assert h.metrics.backfilling == 0
+
+
+def test_too_many_held_bars_give_up_the_backfill() -> None:
+    h = Harness()
+    h.frame(1, frame("AAPL", M, 10.5, 100))
+    h.event(Lifecycle(2, 1, "disconnected"))
+    for i in range(MAX_HELD):
+        assert h.frame(200 + i / 1000, frame("AAPL", M + 120, 11.5, 50 + i), conn=2) == []
+    messages = h.frame(201, frame("AAPL", M + 120, 11.5, 5000), conn=2)
+    assert orjson.loads(messages[0][2])["reason"] == "overflow"
+    assert len(volumes(messages)) == MAX_HELD + 1
+    assert h.event(answer(1, "AAPL", [rest_bar(M)])) == []  # too late: ignored
