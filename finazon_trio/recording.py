@@ -14,6 +14,8 @@ A ``rest`` entry (live backfill, :mod:`finazon_trio.source.rest`) is one backfil
 the header then says ``"backfill": true``, and a replay hands the entries to the transform
 instead of calling anything. Recordings without them (older ones) replay as they always did.
 
+The lines are attrs records (``_HeaderLine``, ``_Frame``, ``_RestLine``, and
+:class:`~finazon_trio.events.Lifecycle` as it is), written and read by :mod:`finazon_trio.codec`.
 The writers are the recorder stage (:mod:`finazon_trio.source.recorder`) and
 :func:`write_recording`; the readers are :func:`read_header` and :func:`iter_entries`. The API key
 never reaches a file: every text written goes through :func:`~finazon_trio.redaction.redact`.
@@ -25,11 +27,12 @@ import logging
 import time
 from collections.abc import Generator, Iterable, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeVar
+from typing import BinaryIO, Literal
 
 import attrs
 import orjson
 
+from finazon_trio.codec import DecodeError, encode_line, structure
 from finazon_trio.errors import RecordingError
 from finazon_trio.events import HttpExchange, Lifecycle, Received, RestResult, Sent, SourceEvent
 from finazon_trio.redaction import redact
@@ -51,10 +54,16 @@ READ_CHUNK = 1 << 20
 #: Longer lines are reported as corrupt without being held in memory whole.
 MAX_LINE_BYTES = 16 << 20
 
-_T = TypeVar("_T")
-_LIFECYCLE_EVENTS: dict[object, Literal["connected", "disconnected"]] = {
-    "connected": "connected",
-    "disconnected": "disconnected",
+_FRAME_EVENTS: dict[str, type[Received | Sent]] = {"in": Received, "out": Sent}
+#: Why an entry line is corrupt, by the first of its fields at fault in this order (``dir``'s
+#: reason names the direction).
+_ENTRY_FAULTS = {
+    "t_ns": "corrupt line (t_ns or conn missing or not an integer)",
+    "conn": "corrupt line (t_ns or conn missing or not an integer)",
+    "text": "corrupt line (frame without a text)",
+    "dir": "unknown frame direction {!r}",
+    "event": "unknown entry (neither a frame nor a lifecycle event)",
+    "reason": "corrupt line (reason is not a string)",
 }
 
 
@@ -114,87 +123,118 @@ def replay_settings(settings: Settings, header: RecordingHeader) -> Settings:
     )
 
 
+@attrs.frozen(slots=True)
+class _Source:
+    """The header's ``source``: where the recording came from. Absent fields read as the
+    defaults."""
+
+    url: str = ""
+    dataset: str = DEFAULT_DATASET
+    tickers: tuple[str, ...] = ()
+    channel: str = DEFAULT_CHANNEL
+    frequency: str = DEFAULT_FREQUENCY
+    aggregation: str = DEFAULT_AGGREGATION
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class _HeaderLine:
+    """Line 1, as written: ``format`` and ``version`` first, so that any reader can tell."""
+
+    format: str = FORMAT
+    version: int = VERSION
+    created_ns: int = 0
+    source: _Source
+    #: True when the run backfilled (``rest`` entries follow); left out otherwise.
+    backfill: bool | None = None
+
+
+@attrs.frozen(slots=True)
+class _Frame:
+    """A frame's line (a lifecycle event's is :class:`~finazon_trio.events.Lifecycle`)."""
+
+    t_ns: int
+    conn: int
+    dir: Literal["in", "out"]
+    text: str
+
+
 def encode_header(header: RecordingHeader, secrets: Sequence[str] = ()) -> bytes:
     """The header line, newline included."""
-    source = {
-        "url": redact(header.url, secrets),
-        "dataset": header.dataset,
-        "tickers": list(header.tickers),
-        "channel": header.channel,
-        "frequency": header.frequency,
-        "aggregation": header.aggregation,
-    }
-    line: dict[str, Any] = {
-        "format": FORMAT,
-        "version": VERSION,
-        "created_ns": header.created_ns,
-        "source": source,
-    }
-    if header.backfill:
-        line["backfill"] = True
-    return orjson.dumps(line) + b"\n"
+    source = _Source(
+        redact(header.url, secrets),
+        header.dataset,
+        header.tickers,
+        header.channel,
+        header.frequency,
+        header.aggregation,
+    )
+    backfill = True if header.backfill else None
+    return encode_line(_HeaderLine(created_ns=header.created_ns, source=source, backfill=backfill))
+
+
+@attrs.frozen(slots=True)
+class _Exchange:
+    """One REST call of a ``rest`` entry (:class:`~finazon_trio.events.HttpExchange`)."""
+
+    t_ns: int
+    method: str
+    path: str
+    params: dict[str, str]
+    status: int
+    body: str
+    error: str = ""
+
+
+@attrs.frozen(slots=True)
+class _Rest:
+    backfill: int
+    symbol: str
+    error: str
+    exchanges: tuple[_Exchange, ...]
+
+
+@attrs.frozen(slots=True)
+class _RestLine:
+    """A backfill's REST calls (:class:`~finazon_trio.events.RestResult`)."""
+
+    t_ns: int
+    rest: _Rest
 
 
 def encode_entry(event: SourceEvent, secrets: Sequence[str] = ()) -> bytes:
     """One event's line, newline included, with the key redacted from its text."""
-    entry: dict[str, Any]
     if isinstance(event, RestResult):
-        entry = {"t_ns": event.t_ns, "rest": _encode_rest(event, secrets)}
-    elif isinstance(event, Lifecycle):
+        return encode_line(_rest_line(event, secrets))
+    if isinstance(event, Lifecycle):
         reason = redact(event.reason, secrets)
-        entry = {"t_ns": event.t_ns, "conn": event.conn, "event": event.event, "reason": reason}
-    else:
-        direction = "in" if isinstance(event, Received) else "out"
-        text = redact(event.text, secrets)
-        entry = {"t_ns": event.t_ns, "conn": event.conn, "dir": direction, "text": text}
-    return orjson.dumps(entry) + b"\n"
+        return encode_line(Lifecycle(event.t_ns, event.conn, event.event, reason))
+    direction: Literal["in", "out"] = "in" if isinstance(event, Received) else "out"
+    return encode_line(_Frame(event.t_ns, event.conn, direction, redact(event.text, secrets)))
 
 
-def _encode_rest(result: RestResult, secrets: Sequence[str]) -> dict[str, Any]:
-    exchanges = [
-        {
-            "t_ns": x.t_ns,
-            "method": "GET",
-            "path": redact(x.path, secrets),
-            "params": {k: redact(v, secrets) for k, v in x.params.items()},
-            "status": x.status,
-            "body": redact(x.body, secrets),
-            "error": redact(x.error, secrets),
-        }
+def _rest_line(result: RestResult, secrets: Sequence[str]) -> _RestLine:
+    exchanges = tuple(
+        _Exchange(
+            x.t_ns,
+            "GET",
+            redact(x.path, secrets),
+            {k: redact(v, secrets) for k, v in x.params.items()},
+            x.status,
+            redact(x.body, secrets),
+            redact(x.error, secrets),
+        )
         for x in result.exchanges
-    ]
-    return {
-        "backfill": result.backfill,
-        "symbol": result.symbol,
-        "error": result.error,
-        "exchanges": exchanges,
-    }
+    )
+    rest = _Rest(result.backfill, result.symbol, result.error, exchanges)
+    return _RestLine(result.t_ns, rest)
 
 
-def _decode_rest(t_ns: int, rest: object) -> RestResult | None:
-    """A ``rest`` entry's result, or None if it is not a valid one."""
-    if type(rest) is not dict:
-        return None
-    number, symbol, error = rest.get("backfill"), rest.get("symbol"), rest.get("error", "")
-    exchanges = rest.get("exchanges")
-    if type(number) is not int or type(symbol) is not str or type(error) is not str:
-        return None
-    if type(exchanges) is not list:
-        return None
-    decoded = []
-    for x in exchanges:
-        if type(x) is not dict:
-            return None
-        x_t, path, params = x.get("t_ns"), x.get("path"), x.get("params")
-        status, body, x_error = x.get("status"), x.get("body", ""), x.get("error", "")
-        if type(x_t) is not int or type(path) is not str or type(status) is not int:
-            return None
-        if type(params) is not dict or not all(type(v) is str for v in params.values()):
-            return None
-        if type(body) is not str or type(x_error) is not str:
-            return None
-        decoded.append(HttpExchange(x_t, path, params, status, body, x_error))
-    return RestResult(t_ns, number, symbol, tuple(decoded), error)
+def _rest_result(line: _RestLine) -> RestResult:
+    rest = line.rest
+    exchanges = tuple(
+        HttpExchange(x.t_ns, x.path, x.params, x.status, x.body, x.error) for x in rest.exchanges
+    )
+    return RestResult(line.t_ns, rest.backfill, rest.symbol, exchanges, rest.error)
 
 
 def write_recording(
@@ -280,30 +320,21 @@ def _parse_entry(line: bytes, line_no: int, *, truncated: bool = False) -> Sourc
         return Corrupt(line_no, "empty line" if not line.strip() else "corrupt line (not JSON)")
     if type(obj) is not dict:
         return Corrupt(line_no, "corrupt line (not a JSON object)")
-    t_ns = obj.get("t_ns")
-    if "rest" in obj and type(t_ns) is int:
-        result = _decode_rest(t_ns, obj["rest"])
-        return result if result is not None else Corrupt(line_no, "corrupt REST entry")
-    conn = obj.get("conn")
-    if type(t_ns) is not int or type(conn) is not int:
-        return Corrupt(line_no, "corrupt line (t_ns or conn missing or not an integer)")
+    if "rest" in obj:
+        try:
+            return _rest_result(structure(obj, _RestLine))
+        except DecodeError:
+            return Corrupt(line_no, "corrupt REST entry")
     direction = obj.get("dir")
-    if direction is not None:
-        text = obj.get("text")
-        if type(text) is not str:
-            return Corrupt(line_no, "corrupt line (frame without a text)")
-        if direction == "in":
-            return Received(t_ns, conn, text)
-        if direction == "out":
-            return Sent(t_ns, conn, text)
-        return Corrupt(line_no, f"unknown frame direction {str(direction)[:20]!r}")
-    event = _LIFECYCLE_EVENTS.get(obj.get("event"))
-    if event is None:
-        return Corrupt(line_no, "unknown entry (neither a frame, a lifecycle event nor REST)")
-    reason = obj.get("reason", "")
-    if type(reason) is not str:
-        return Corrupt(line_no, "corrupt line (reason is not a string)")
-    return Lifecycle(t_ns, conn, event, reason)
+    try:
+        if direction is None:  # not a frame
+            return structure(obj, Lifecycle)
+        frame = structure(obj, _Frame)
+    except DecodeError as exc:
+        at_fault = exc.fields()
+        why = next(why for field, why in _ENTRY_FAULTS.items() if field in at_fault)
+        return Corrupt(line_no, why.format(str(direction)[:20]))
+    return _FRAME_EVENTS[frame.dir](frame.t_ns, frame.conn, frame.text)
 
 
 def _open_for_reading(path: Path) -> BinaryIO:
@@ -332,21 +363,20 @@ def _read_header(file: BinaryIO, path: Path) -> RecordingHeader:
             f"{path} is recording format version {version!r}; "
             f"this finazon-trio reads version {VERSION}"
         )
-    source = obj.get("source")
-    if type(source) is not dict:
-        raise RecordingError(f'{path}: the header has no "source" object')
-    tickers = source.get("tickers", [])
-    if type(tickers) is not list or not all(type(t) is str for t in tickers):
-        raise RecordingError(f'{path}: the header\'s "tickers" is not a list of strings')
+    try:
+        header_line = structure(obj, _HeaderLine)
+    except DecodeError as exc:
+        raise _header_error(exc, path) from None
+    source = header_line.source
     header = RecordingHeader(
-        created_ns=_header_field(obj, "created_ns", int, 0, path),
-        url=_header_field(source, "url", str, "", path),
-        dataset=_header_field(source, "dataset", str, DEFAULT_DATASET, path),
-        tickers=tickers,
-        channel=_header_field(source, "channel", str, DEFAULT_CHANNEL, path),
-        frequency=_header_field(source, "frequency", str, DEFAULT_FREQUENCY, path),
-        aggregation=_header_field(source, "aggregation", str, DEFAULT_AGGREGATION, path),
-        backfill=_header_field(obj, "backfill", bool, False, path),
+        header_line.created_ns,
+        source.url,
+        source.dataset,
+        source.tickers,
+        source.channel,
+        source.frequency,
+        source.aggregation,
+        bool(header_line.backfill),
     )
     try:
         header.subscription()
@@ -355,8 +385,13 @@ def _read_header(file: BinaryIO, path: Path) -> RecordingHeader:
     return header
 
 
-def _header_field(obj: dict[str, Any], key: str, kind: type[_T], default: _T, path: Path) -> _T:
-    value = obj.get(key, default)
-    if type(value) is not kind:
-        raise RecordingError(f"{path}: the header's {key!r} is not a {kind.__name__}")
-    return value
+def _header_error(exc: DecodeError, path: Path) -> RecordingError:
+    """What is wrong with a header (its format and version are right)."""
+    faults = exc.faults
+    if any(fault.path == ("source",) for fault in faults):
+        return RecordingError(f'{path}: the header has no "source" object')
+    if any(fault.path[:2] == ("source", "tickers") for fault in faults):
+        return RecordingError(f'{path}: the header\'s "tickers" is not a list of strings')
+    fault = faults[0]
+    kind = getattr(fault.expected, "__name__", fault.expected)
+    return RecordingError(f"{path}: the header's {fault.path[-1]!r} is not a {kind}")

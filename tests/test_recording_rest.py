@@ -92,5 +92,5 @@ def test_bad_rest_entries_and_unknown_kinds_are_corrupt_lines(tmp_path: Path) ->
         "corrupt REST entry",
         "corrupt REST entry",
         "corrupt REST entry",
-        "unknown entry (neither a frame, a lifecycle event nor REST)",
+        "unknown entry (neither a frame nor a lifecycle event)",
     ]

@@ -16,13 +16,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 import orjson
 
+from finazon_trio.codec import encode
 from finazon_trio.errors import ConfigurationError
 from finazon_trio.settings import Subscription
 
 #: Finazon's documented ceiling for one client event message, in bytes.
 MAX_EVENT_BYTES = 100_000
-
-HEARTBEAT = '{"event":"heartbeat"}'
 
 _AUTH = re.compile(
     r"api[\s_-]?key|authori[sz]|authenticat|forbidden|access denied"
@@ -95,6 +94,32 @@ class Notice:
 ServerMessage: TypeAlias = (
     Ack | TickerError | AuthFailure | SubscriptionRefused | ServerError | HeartbeatReply | Notice
 )
+
+
+# Client events, as sent (encoded by :mod:`finazon_trio.codec`).
+
+
+@attrs.frozen(slots=True)
+class SubscriptionEvent:
+    """``{"event": "subscribe" or "unsubscribe", ...the subscription..., "tickers": [...]}``."""
+
+    event: str
+    dataset: str
+    channel: str
+    frequency: str
+    aggregation: str
+    tickers: tuple[str, ...] = ()
+
+
+@attrs.frozen(slots=True)
+class HeartbeatEvent:
+    """``{"event": "heartbeat"}``: the server answers it (:class:`HeartbeatReply`)."""
+
+    event: str = "heartbeat"
+
+
+#: The heartbeat's text (it never changes).
+HEARTBEAT = encode(HeartbeatEvent()).decode()
 
 
 def is_auth_failure(text: str) -> bool:
@@ -186,13 +211,14 @@ def event_messages(
     Duplicates are dropped and the order kept. A ticker too long to fit alone in a message is a
     :class:`ConfigurationError`.
     """
-    base = _event_base(event, subscription)
-    empty = len(orjson.dumps({**base, "tickers": []}))
+    sub = subscription
+    base = SubscriptionEvent(event, sub.dataset, sub.channel, sub.frequency, sub.aggregation)
+    empty = len(encode(base))
     chunks: list[list[str]] = []
     current: list[str] = []
     size = empty
     for ticker in dict.fromkeys(tickers):
-        cost = len(orjson.dumps(ticker))
+        cost = len(orjson.dumps(ticker))  # its JSON text in the array
         if empty + cost > max_bytes:
             raise ConfigurationError(f"ticker {ticker[:40]!r}... does not fit in an event message")
         extra = cost + (1 if current else 0)  # the comma
@@ -203,17 +229,7 @@ def event_messages(
         size += extra
     if current:
         chunks.append(current)
-    return [orjson.dumps({**base, "tickers": chunk}).decode() for chunk in chunks]
-
-
-def _event_base(event: str, subscription: Subscription) -> dict[str, Any]:
-    return {
-        "event": event,
-        "dataset": subscription.dataset,
-        "channel": subscription.channel,
-        "frequency": subscription.frequency,
-        "aggregation": subscription.aggregation,
-    }
+    return [encode(attrs.evolve(base, tickers=tuple(chunk))).decode() for chunk in chunks]
 
 
 def split_tickers(tickers: Iterable[str], parts: int) -> list[tuple[str, ...]]:
@@ -237,31 +253,45 @@ def url_with_key(url: str, api_key: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-# The server side (``finazon-trio serve``): what a Finazon server answers.
+# The server side (``finazon-trio serve``): what a Finazon server answers. Each reply echoes
+# the event's ``request_id``, when it had one (the codec leaves a None one out).
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class _Success:
+    status: str = "success"
+    code: str
+    data: dict[str, Any]
+    request_id: Any = None
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class _Error:
+    status: str = "error"
+    message: str
+    request_id: Any = None
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class _HeartbeatAnswer:
+    event: str = "heartbeat"
+    status: str = "success"
+    request_id: Any = None
 
 
 def success_message(code: str, data: dict[str, Any], request_id: object = None) -> str:
     """An acknowledgement: ``{"status": "success", "code": code, "data": data}``."""
-    message: dict[str, Any] = {"status": "success", "code": code, "data": data}
-    if request_id is not None:
-        message["request_id"] = request_id
-    return orjson.dumps(message).decode()
+    return encode(_Success(code=code, data=data, request_id=request_id)).decode()
 
 
 def error_message(text: str, request_id: object = None) -> str:
     """An error: ``{"status": "error", "message": text}``."""
-    message: dict[str, Any] = {"status": "error", "message": text}
-    if request_id is not None:
-        message["request_id"] = request_id
-    return orjson.dumps(message).decode()
+    return encode(_Error(message=text, request_id=request_id)).decode()
 
 
 def heartbeat_reply(request_id: object = None) -> str:
     """The answer to a heartbeat: ``{"event": "heartbeat", "status": "success"}``."""
-    message: dict[str, Any] = {"event": "heartbeat", "status": "success"}
-    if request_id is not None:
-        message["request_id"] = request_id
-    return orjson.dumps(message).decode()
+    return encode(_HeartbeatAnswer(request_id=request_id)).decode()
 
 
 def requested_tickers(value: object) -> list[str] | None:

@@ -37,6 +37,7 @@ from typing import Any
 import attrs
 import orjson
 
+from finazon_trio import codec
 from finazon_trio.events import BackfillRequest, Headers, Message, RestResult
 from finazon_trio.observe.metrics import TransformMetrics
 from finazon_trio.transform.frames import Bar, Reject, parse_bar
@@ -94,7 +95,8 @@ class GapRecord:
 
 
 def encode_gap(gap: GapRecord) -> bytes:
-    return orjson.dumps(attrs.asdict(gap))
+    """The gap record's Kafka value (JSON, the fields in order)."""
+    return codec.encode(gap)
 
 
 def missing(current: int, new: int) -> tuple[int, int] | None:
@@ -352,7 +354,6 @@ class Backfiller:
         self._metrics.gap_minutes += (last - first) // BAR_SECONDS + 1
 
 
-def gap_from_json(data: bytes) -> dict[str, Any]:
-    """A gap record's value, decoded (for tools and tests)."""
-    obj: dict[str, Any] = orjson.loads(data)
-    return obj
+def decode_gap(data: bytes) -> GapRecord:
+    """A gap record from its Kafka value (:class:`~finazon_trio.codec.DecodeError` if not)."""
+    return codec.decode(data, GapRecord)

@@ -23,7 +23,9 @@ from finazon_trio.transform.backfill import (
     GAP_REASONS,
     MAX_HELD,
     MAX_HISTORY_BARS,
+    GapRecord,
     ask_range,
+    decode_gap,
     gap_ranges,
     judge,
     missing,
@@ -187,6 +189,9 @@ def test_a_failed_backfill_is_a_gap_record_then_the_held_bars() -> None:
         "dataset": "us_stocks_essential",
         "detected_at": 9_000_000,
     }
+    assert decode_gap(gap[2]) == GapRecord(
+        "AAPL", M, M + 120, "rate_limited", "us_stocks_essential", 9_000_000
+    )
     assert [v["bar_time"] for v in volumes(live)] == [M + 180]
     assert (h.metrics.gaps, h.metrics.gap_minutes) == (1, 3)
 
