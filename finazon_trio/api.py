@@ -18,6 +18,7 @@ from finazon_trio.settings import (
     DEFAULT_PRICE_TICKS_TOPIC,
     DEFAULT_URL,
     DEFAULT_VOLUME_STREAM_TOPIC,
+    BackfillSettings,
     KafkaSettings,
     LiveSettings,
     Output,
@@ -51,9 +52,12 @@ class FinazonMarketDataProducer:
         spool_dir: Path | None = None,
         failed_path: Path | None = None,
         record: Path | None = None,
+        backfill: bool = True,
         **output: object,
     ) -> None:
-        """``output`` takes the fields of :class:`Output` (points, path, volume_format...)."""
+        """``output`` takes the fields of :class:`Output` (points, path, volume_format...);
+        ``backfill`` fills what disconnects miss from the REST API (README, "Gaps and
+        backfill")."""
         try:
             self.settings = Settings(
                 subscription=Subscription(dataset=data_source, tickers=tuple(ticker_symbols)),
@@ -71,6 +75,7 @@ class FinazonMarketDataProducer:
                 live=LiveSettings(
                     url=url, api_key=api_key or os.environ.get("FINAZON_API_KEY", "")
                 ),
+                backfill=BackfillSettings(enabled=backfill),
                 record=record,
                 dashboard=False,
             )

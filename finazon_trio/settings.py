@@ -182,10 +182,12 @@ def _calls_per_minute(_inst: object, attribute: attrs.Attribute[int], value: int
 class BackfillSettings:
     """Filling what a disconnect missed from Finazon's REST API (README, "Gaps and backfill").
 
-    Live mode backfills when ``enabled``; a replay when its recording was made so (its REST
-    answers are in the recording: no key, no network)."""
+    Off unless asked for, so that a replay or a library run never calls REST by surprise: the
+    ``live`` command and the library's live producer turn it on (``--no-backfill``: off); a
+    replay follows its recording (:func:`~finazon_trio.recording.replay_settings`), whose REST
+    answers it holds (no key, no network)."""
 
-    enabled: bool = True
+    enabled: bool = False
     #: The REST API's base URL; the path ``/{publisher}/{dataset}/time_series`` is appended.
     rest_url: str = attrs.field(default=DEFAULT_REST_URL, validator=_http_url)
     #: How long a symbol's live bars may wait for its backfill (budget, 429s and calls).

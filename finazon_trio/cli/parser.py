@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     live.add_argument("--record", type=Path, metavar="PATH", help="write frames to JSONL")
     fill = live.add_argument_group("gaps and backfill")
-    fill.add_argument(
+    fill.add_argument(  # on by default in live mode (the settings' default is off)
         "--no-backfill",
         dest="backfill",
         action="store_false",

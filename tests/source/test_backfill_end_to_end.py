@@ -74,6 +74,7 @@ def live_settings(
     port: int, log: ServerLog, bootstrap: str, output: Output, record: Path, **backfill: Any
 ) -> Settings:
     backfill.setdefault("calls_per_minute", 100)
+    backfill.setdefault("enabled", True)
     return Settings(
         subscription=Subscription(tickers=TICKERS),
         output=output,
