@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 import orjson
 
-from finazon_trio import codec
+from finazon_trio.codec import decode, encode
 from finazon_trio.events import BackfillRequest, Headers, Message, RestResult
 from finazon_trio.observe.metrics import TransformMetrics
 from finazon_trio.transform.frames import Bar, Reject, parse_bar
@@ -96,7 +96,7 @@ class GapRecord:
 
 def encode_gap(gap: GapRecord) -> bytes:
     """The gap record's Kafka value (JSON, the fields in order)."""
-    return codec.encode(gap)
+    return encode(gap)
 
 
 def missing(current: int, new: int) -> tuple[int, int] | None:
@@ -356,4 +356,4 @@ class Backfiller:
 
 def decode_gap(data: bytes) -> GapRecord:
     """A gap record from its Kafka value (:class:`~finazon_trio.codec.DecodeError` if not)."""
-    return codec.decode(data, GapRecord)
+    return decode(data, GapRecord)
