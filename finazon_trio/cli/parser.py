@@ -136,12 +136,26 @@ def build_parser() -> argparse.ArgumentParser:
     rest.add_argument("--rest-port", type=int, metavar="PORT", help="serve it on this port")
     rest.add_argument("--rest-rate-limit", type=int, metavar="N", help="calls a minute, then 429")
     rest.add_argument(
-        "--rest-failure-rate", type=float, default=_SERVER.rest_failure_rate, metavar="FRACTION"
+        "--rest-failure-rate",
+        type=float,
+        default=_SERVER.rest_failure_rate,
+        metavar="FRACTION",
+        help="answer this fraction of calls 503",
     )
-    rest.add_argument("--rest-delay", type=float, default=_SERVER.rest_delay, metavar="SECONDS")
+    rest.add_argument(
+        "--rest-delay",
+        type=float,
+        default=_SERVER.rest_delay,
+        metavar="SECONDS",
+        help="wait this long before each answer",
+    )
     rest.add_argument("--rest-reject-auth", action="store_true", help="refuse every REST call")
     rest.add_argument(
-        "--rest-garbage-rate", type=float, default=_SERVER.rest_garbage_rate, metavar="FRACTION"
+        "--rest-garbage-rate",
+        type=float,
+        default=_SERVER.rest_garbage_rate,
+        metavar="FRACTION",
+        help="answer this fraction of calls 200 with a malformed body",
     )
     srv.set_defaults(handler=commands.serve)
 
