@@ -5,6 +5,9 @@ Live mode (``metrics.mode == "live"``) adds the spool (:mod:`.spool`): a live so
 made to wait, so it starts at once, and whatever Kafka cannot take yet (it has not answered at
 start, or it is slow or away) waits on disk. A replay waits for Kafka instead.
 
+Live backfill (:mod:`.transform.backfill`) adds the REST client beside the source: it lives as
+long as the source and sends its answers into the source's channel, before the recorder.
+
 Shutdown: the first SIGINT/SIGTERM cancels only the source. Its channel closes, the transform
 drains and closes its own, the spool hands over its backlog and the publisher flushes what is
 queued, all within the flush deadline (``--flush-timeout``) counted from the moment the source
