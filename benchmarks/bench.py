@@ -8,7 +8,7 @@ by default, or the embedded Tansu broker). Each measurement runs in a fresh proc
 
 1. transform: parse, validate, interpolate and encode a generated recording; no Kafka.
 2. spool: its messages written to a spool segment and read back, what a live backlog costs on
-   top of the pipeline; no Kafka.
+   top of the pipeline; no Kafka. Then the same with ``--spool-sync``: each write fsynced.
 3. limit: the same messages, encoded beforehand, produced flat out by a bare producer with the
    project's producer settings, flush included.
 4. replay: the pipeline (``run_pipeline`` with the replay source, in-process, as ``finazon-trio
@@ -78,7 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         config = [list(item) for item in args.kafka_config]
         transform = [_measure("transform", recording=recording) for _ in range(args.repeat)]
         spool = [_measure("spool", recording=recording, directory=tmp) for _ in range(args.repeat)]
-        results: dict[str, Any] = {"transform": _summary(transform), "spool": _summary(spool)}
+        synced = [
+            _measure("spool", "spool, synced", recording=recording, directory=tmp, sync=True)
+            for _ in range(args.repeat)
+        ]
+        results: dict[str, Any] = {
+            "transform": _summary(transform),
+            "spool": _summary(spool),
+            "spool_synced": _summary(synced),
+        }
         with _broker(args, Path(tmp)) as (bootstrap, broker):
             _warm_up(bootstrap, recording, config)
             results |= _limit_and_replay(args.repeat, recording, bootstrap, config)

@@ -70,14 +70,15 @@ def transform(recording: str) -> Result:
     return _rates(len(frames), messages, start, cpu)
 
 
-def spool(recording: str, directory: str) -> Result:
+def spool(recording: str, directory: str, sync: bool = False) -> Result:
     """What the spool adds to each message of a live backlog: the transform's batches (one a
     frame) written to segment files and read back by the spool's own writer and reader, in
-    writes of :data:`~finazon_trio.sink.spool.WRITE_BATCH` messages; no Kafka, no trio."""
+    writes of :data:`~finazon_trio.sink.spool.WRITE_BATCH` messages; no Kafka, no trio. With
+    ``sync``, as ``--spool-sync`` writes them: each write fsynced (``fsyncs`` counts them)."""
     made = frame_messages(Path(recording), Output())
     batches = [Outgoing(t_ns, messages) for t_ns, messages in made if messages]
     per_write = max(1, WRITE_BATCH // len(batches[0].messages))  # frames per write
-    writer = SegmentWriter(Path(directory) / "spool")
+    writer = SegmentWriter(Path(directory) / "spool", sync=sync)
     written: dict[Path, int] = {}
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(batches), per_write):
@@ -91,6 +92,7 @@ def spool(recording: str, directory: str) -> Result:
             chunk, offset = read_back(segment, offset, end)
             messages += sum(len(outgoing.messages) for outgoing, _ in chunk)
     result = _rates(len(made), messages, start, cpu)
+    result["fsyncs"] = -(-len(batches) // per_write) if sync else 0
     shutil.rmtree(writer.directory)
     return result
 

@@ -89,7 +89,8 @@ def print_report(report: dict[str, Any]) -> None:
     )
     during = [
         r["load_average"]
-        for key in ("transform", "spool", "limit", "replay", "replay_precomputed")
+        for key in ("transform", "spool", "spool_synced", "limit", "replay", "replay_precomputed")
+        if key in report
         for r in report[key]["runs"]
     ]
     during += [r["load_average"] for rate in report["live"] for r in rate["runs"]]
@@ -112,16 +113,27 @@ def print_report(report: dict[str, Any]) -> None:
     for name, key in (
         ("transform (no Kafka)", "transform"),
         ("spool round trip", "spool"),
+        ("spool, synced", "spool_synced"),
         ("limit (bare producer)", "limit"),
         ("replay (pipeline)", "replay"),
         ("replay, precomputed", "replay_precomputed"),
     ):
+        if key not in report:  # a report from before the synced spool was measured
+            continue
         med = report[key]["median"]
         frames = f"{med['frames_per_s']:,.0f}"
-        ratio = "-" if key in ("transform", "spool") else f"{med['messages_per_s'] / limit:.2f}"
+        no_kafka = key in ("transform", "spool", "spool_synced")
+        ratio = "-" if no_kafka else f"{med['messages_per_s'] / limit:.2f}"
         runs = ", ".join(f"{r['messages_per_s']:,.0f}" for r in report[key]["runs"])
         cpu = f"{med['cpu_us_per_message']:.2f}"
         print(f"{name:24}{frames:>10}{med['messages_per_s']:>12,.0f}{ratio:>9}{cpu:>12}  {runs}")
+    if "spool_synced" in report:
+        plain, synced = report["spool"]["median"], report["spool_synced"]["median"]
+        extra = 1e6 / synced["messages_per_s"] - 1e6 / plain["messages_per_s"]
+        print(
+            f"--spool-sync adds {extra:.2f} us a spooled message ({synced['fsyncs']:,.0f} fsyncs "
+            f"of up to {synced['messages'] / max(1, synced['fsyncs']):,.0f} messages each)"
+        )
     split = report["replay_split"]
     print(
         f"replay's wall time a message: {split['replay_us']:.2f} us = limit "

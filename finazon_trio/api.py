@@ -51,6 +51,7 @@ class FinazonMarketDataProducer:
         kafka_config: Mapping[str, str] | None = None,
         spool_dir: Path | None = None,
         failed_path: Path | None = None,
+        spool_sync: bool = False,
         record: Path | None = None,
         backfill: bool = True,
         **output: object,
@@ -71,6 +72,7 @@ class FinazonMarketDataProducer:
                     config=tuple((kafka_config or {}).items()),
                     spool_dir=spool_dir,
                     failed_path=failed_path,
+                    spool_sync=spool_sync,
                 ),
                 live=LiveSettings(
                     url=url, api_key=api_key or os.environ.get("FINAZON_API_KEY", "")

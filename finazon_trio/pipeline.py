@@ -8,11 +8,12 @@ start, or it is slow or away) waits on disk. A replay waits for Kafka instead.
 Live backfill (:mod:`.transform.backfill`) adds the REST client beside the source: it lives as
 long as the source and sends its answers into the source's channel, before the recorder.
 
-Shutdown: the first SIGINT/SIGTERM cancels only the source. Its channel closes, the transform
-drains and closes its own, the spool hands over its backlog and the publisher flushes what is
-queued, all within the flush deadline (``--flush-timeout``) counted from the moment the source
-stopped; what Kafka has not taken by then goes to the failed-messages file (or stays in the
-spool directory). A second signal cancels everything at once.
+Shutdown: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) cancels only the source.
+Its channel closes, the transform drains and closes its own, the spool hands over its backlog
+and the publisher flushes what is queued, all within the flush deadline (``--flush-timeout``)
+counted from the moment the source stopped; what Kafka has not taken by then goes to the
+failed-messages file (or stays in the spool directory). A second signal cancels everything at
+once.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ SOURCE_BUFFER = 1024
 #: transform keeps up, up to ``BATCH_EVENTS`` (16) frames when it does not, so 64 to 1024
 #: frames (91 records each by default; the producer's own queue holds 200,000 records).
 OUTGOING_BUFFER = 64
+#: The signals that stop a run (the first: the source, then a flush; the second: everything).
+#: SIGHUP is among them because closing the terminal must not cost the flush that Ctrl-C gets.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 Source = Callable[[trio.MemorySendChannel[SourceEvent]], Awaitable[None]]
 
@@ -141,7 +145,11 @@ async def _run_stages(
         )
         spool = None
         if metrics.mode == "live":
-            spool = Spool(spool_path(settings.kafka.spool_root, run_id), metrics.publisher)
+            spool = Spool(
+                spool_path(settings.kafka.spool_root, run_id),
+                metrics.publisher,
+                sync=settings.kafka.spool_sync,
+            )
         else:
             await _reach_kafka(settings, config, metrics)
         rest, submit = _backfill(settings, metrics)
@@ -281,7 +289,8 @@ class _KafkaSide:
 
 
 class _Shutdown:
-    """The first SIGINT/SIGTERM stops the source (the rest drains); a second stops everything."""
+    """The first stop signal (:data:`STOP_SIGNALS`) stops the source (the rest drains); a second
+    stops everything."""
 
     def __init__(self) -> None:
         self.source = trio.CancelScope()
@@ -290,7 +299,7 @@ class _Shutdown:
         self.publisher: Publisher | None = None
 
     async def watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if self.stages_running and not self.source.cancel_called:

@@ -127,6 +127,9 @@ class KafkaSettings:
     #: Messages that finally fail delivery are appended here; None: ``failed-<run>.jsonl`` in
     #: the spool directory.
     failed_path: Path | None = None
+    #: fsync spooled data (and the segment's directory entry) before it counts as spooled, so
+    #: that the spool survives a machine crash, not only a crash of the process.
+    spool_sync: bool = False
 
     @property
     def spool_root(self) -> Path:

@@ -170,12 +170,12 @@ async def test_raw_volume_format_publishes_frames_as_received(
     )
     output = Output(
         price_ticks_topic=topics.price_ticks_topic,
-        volume_stream_topic=topics.volume_stream_topic,
+        volume_stream_topic=unique_topic("e2e-raw-volume"),  # checked against raw bars' schema
         volume_format="raw",
         points=3,
     )
     await replay(path, kafka_bootstrap, output)
-    records = consume_all(kafka_bootstrap, topics.volume_stream_topic, 2)
+    records = consume_all(kafka_bootstrap, output.volume_stream_topic, 2)
     assert [r.value for r in records] == [text.encode(), spaced.encode()]
     expected = expect(path, output)
     assert_topic_matches(

@@ -333,7 +333,7 @@ def test_any_recording_publishes_the_contract_or_counted_rejects(
 ) -> None:
     path = fuzzed.write(tmp_path_factory.mktemp("fuzz") / "rec.jsonl")
     output = unique_output(
-        "fuzz",
+        f"fuzz-{volume_format}",  # raw bars are checked against their own schema
         dead_letter_topic=unique_topic("fuzz-dead"),
         points=points,
         volume_format=volume_format,

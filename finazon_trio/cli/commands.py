@@ -7,7 +7,6 @@ import datetime as dt
 import functools
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,10 +14,13 @@ from pathlib import Path
 import trio
 from rich.console import Console
 
+from finazon_trio import schemas
 from finazon_trio.errors import ConfigurationError
 from finazon_trio.observe.metrics import Metrics, PublisherMetrics
 from finazon_trio.observe.summary import summary_table
-from finazon_trio.pipeline import RunResult, Source, run_pipeline
+from finazon_trio.observe.tail import TailOptions
+from finazon_trio.observe.tail import tail as tail_topics
+from finazon_trio.pipeline import STOP_SIGNALS, RunResult, Source, run_pipeline
 from finazon_trio.recording import (
     RecordingHeader,
     header_from_settings,
@@ -92,6 +94,7 @@ def _kafka(args: argparse.Namespace) -> KafkaSettings:
             wait=args.kafka_wait,
             spool_dir=args.spool_dir,
             failed_path=args.failed_path,
+            spool_sync=args.spool_sync,
         )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
@@ -240,10 +243,70 @@ async def _until_interrupted(service: Callable[..., Awaitable[object]]) -> None:
     async with trio.open_nursery() as nursery:
         started = await nursery.start(service)
         logger.info("listening on %s; Ctrl-C stops", started)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 return
+
+
+def tail(args: argparse.Namespace) -> int:
+    if not args.kafka_endpoint:
+        raise ConfigurationError(
+            "tail needs --kafka-endpoint or KAFKA_ENDPOINT: a run's embedded broker vanishes "
+            "with it, so run `finazon-trio broker` and point both the run and tail at it"
+        )
+    if args.count is not None and args.count < 1:
+        raise ConfigurationError(f"--count must be at least 1, not {args.count}")
+    try:
+        kafka = KafkaSettings(
+            endpoint=args.kafka_endpoint,
+            config=tuple(_key_value(item) for item in args.kafka_config),
+            wait=args.kafka_wait,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    defaults = Output()
+    options = TailOptions(
+        topics=tuple(dict.fromkeys(args.topics or ()))
+        or (defaults.price_ticks_topic, defaults.volume_stream_topic),
+        symbol=args.symbol,
+        from_beginning=args.from_beginning,
+        count=args.count,
+        chart=args.chart,
+    )
+    config = {"bootstrap.servers": args.kafka_endpoint, **dict(kafka.config)}
+    trio.run(
+        _until_interrupted_or_done,
+        functools.partial(tail_topics, config, kafka.wait, options, sys.stdout),
+    )
+    return 0
+
+
+def schema(args: argparse.Namespace) -> int:
+    if args.name is None:
+        for name in schemas.NAMES:
+            print(f"{name}\t{schemas.load(name)['title']}")
+        return 0
+    try:
+        text = schemas.text(args.name)
+    except schemas.UnknownSchemaError as exc:
+        raise ConfigurationError(str(exc)) from None
+    sys.stdout.write(text)
+    return 0
+
+
+async def _until_interrupted_or_done(job: Callable[[], Awaitable[object]]) -> None:
+    """Run ``job`` until it returns or a stop signal arrives (then cancel it: exit 0)."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await job()
+        nursery.cancel_scope.cancel()
 
 
 def generate(args: argparse.Namespace) -> int:

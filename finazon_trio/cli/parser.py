@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import get_args
 
-from finazon_trio import __version__
+from finazon_trio import __version__, schemas
 from finazon_trio.cli import commands
 from finazon_trio.server.config import AuthStyle, FrameStyle, ServerConfig
 from finazon_trio.settings import (
@@ -159,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     srv.set_defaults(handler=commands.serve)
 
+    tail = subcommands.add_parser("tail", help="print (or chart) what the output topics hold")
+    tail.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        metavar="TOPIC",
+        help=f"read this topic (repeatable; default: {_OUTPUT.price_ticks_topic} and "
+        f"{_OUTPUT.volume_stream_topic})",
+    )
+    tail.add_argument("--symbol", help="only this symbol's records (the key)")
+    tail.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest record, not the end"
+    )
+    tail.add_argument("--count", type=int, metavar="N", help="exit after N records")
+    tail.add_argument(
+        "--chart", metavar="SYMBOL", help="draw a live chart of SYMBOL's ticks and bars instead"
+    )
+    _add_kafka_connection(tail.add_argument_group("kafka"))
+    tail.set_defaults(handler=commands.tail)
+
+    schema = subcommands.add_parser("schema", help="print the JSON Schema of a kind of record")
+    schema.add_argument("name", nargs="?", help="one of: " + ", ".join(schemas.NAMES))
+    schema.set_defaults(handler=commands.schema)
+
     broker = subcommands.add_parser("broker", help="run the embedded Kafka-compatible broker")
     broker.add_argument("--port", type=int, default=DEFAULT_BROKER_PORT)
     broker.set_defaults(handler=commands.broker)
@@ -199,8 +223,8 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     _add_kafka_options(parser)
 
 
-def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
-    kafka = parser.add_argument_group("kafka")
+def _add_kafka_connection(kafka: argparse._ArgumentGroup) -> None:
+    """Where the cluster is and how to reach it: for producing and for ``tail``."""
     kafka.add_argument(
         "--kafka-endpoint",
         default=os.environ.get("KAFKA_ENDPOINT"),
@@ -214,19 +238,24 @@ def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
         help="any librdkafka setting (repeatable), e.g. security.protocol=SASL_SSL",
     )
     kafka.add_argument(
+        "--kafka-wait",
+        type=float,
+        default=_KAFKA.wait,
+        metavar="SECONDS",
+        help="wait this long at start for a broker that does not answer yet",
+    )
+
+
+def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
+    kafka = parser.add_argument_group("kafka")
+    _add_kafka_connection(kafka)
+    kafka.add_argument(
         "--partitions", type=int, default=_KAFKA.partitions, help="for topics it creates"
     )
     kafka.add_argument("--replication-factor", type=int, default=_KAFKA.replication_factor)
     kafka.add_argument("--no-create-topics", dest="create_topics", action="store_false")
     kafka.add_argument(
         "--flush-timeout", type=float, default=_KAFKA.flush_timeout, metavar="SECONDS"
-    )
-    kafka.add_argument(
-        "--kafka-wait",
-        type=float,
-        default=_KAFKA.wait,
-        metavar="SECONDS",
-        help="wait this long at start for a broker that does not answer yet",
     )
     kafka.add_argument(
         "--spool-dir",
@@ -240,4 +269,10 @@ def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="PATH",
         help="append undelivered messages here (default: SPOOL_DIR/failed-<run>.jsonl)",
+    )
+    kafka.add_argument(
+        "--spool-sync",
+        action="store_true",
+        default=_KAFKA.spool_sync,
+        help="live mode: fsync the spool, so that it survives a machine crash (see docs/kafka.md)",
     )

@@ -17,8 +17,13 @@ time, the channels are bounded. Disk I/O runs in worker threads, in batches.
 
 On disk: ``DIR/segment-00000001.jsonl``, ... in :mod:`.message_log`'s format (one ``Outgoing``
 per line, in columns, with ``received_ns``). A segment is closed at :data:`SEGMENT_BYTES` and
-deleted once drained; the directory goes when empty. Files are flushed to the OS, not fsynced:
-they survive a crash of this process, not of the machine.
+deleted once drained; the directory goes when empty. A batch counts as spooled (the drain may
+read it) once its write returns. By default that write is flushed to the OS, not fsynced: the
+files survive a crash of this process, not of the machine (power loss, kernel panic), which
+may lose the last seconds of them. With ``sync`` (``--spool-sync``) each write batch is fsynced,
+and so is the directory whenever a segment is created, renamed or deleted, before it counts:
+a machine crash then loses nothing that counted as spooled. The cost is one fsync per write
+batch (up to :data:`WRITE_BATCH` messages), measured in ``benchmarks/README.md``.
 
 At the end, the drain goes on until the backlog is empty or :meth:`Spool.give_up` is called
 (the shutdown deadline). What is left then stays in DIR, rewritten to start at the first
@@ -83,7 +88,7 @@ class Spool:
     Writes ``backlog``, ``backlog_bytes``, ``spooled`` and ``spool_dir`` of ``metrics``.
     """
 
-    def __init__(self, directory: Path, metrics: PublisherMetrics) -> None:
+    def __init__(self, directory: Path, metrics: PublisherMetrics, *, sync: bool = False) -> None:
         self.directory = directory
         self.metrics = metrics
         self._open = False
@@ -96,7 +101,7 @@ class Spool:
         self._pending_messages = 0
         self._writing = False
         self._segments: deque[_Segment] = deque()
-        self._writer = SegmentWriter(directory)
+        self._writer = SegmentWriter(directory, sync=sync)
         self._disk = trio.Lock()
         self._changed = trio.Event()
         self._spooling = False
@@ -251,7 +256,7 @@ class Spool:
                             return
                         await trio.to_thread.run_sync(self._writer.close)
                         segment.closed = True
-                await trio.to_thread.run_sync(segment.path.unlink)
+                await trio.to_thread.run_sync(self._writer.remove, segment.path)
             self._segments.popleft()
             self._update()
 
@@ -280,7 +285,9 @@ class Spool:
             if self._segments:
                 first = self._segments[0]
                 if first.sent:
-                    await trio.to_thread.run_sync(_drop_head, first.path, first.sent)
+                    await trio.to_thread.run_sync(
+                        _drop_head, first.path, first.sent, self._writer.sync
+                    )
                     first.written -= first.sent
                     first.read = first.sent = 0
         except OSError as exc:
@@ -313,10 +320,15 @@ class Spool:
 
 
 class SegmentWriter:
-    """Appends batches to the current segment file; used from one worker thread at a time."""
+    """Appends batches to the current segment file; used from one worker thread at a time.
 
-    def __init__(self, directory: Path) -> None:
+    With ``sync``, each :meth:`append` returns only once the data, and a new segment's entry in
+    the directory (and a new directory's in its parent), are on stable storage (fsync).
+    """
+
+    def __init__(self, directory: Path, *, sync: bool = False) -> None:
         self.directory = directory
+        self.sync = sync
         self._file: BinaryIO | None = None
         self._path = directory
         self._size = 0
@@ -326,14 +338,22 @@ class SegmentWriter:
         """Write ``batch``; the segment written to, its size, and whether it is now closed."""
         data = b"".join(map(encode_batch, batch))
         try:
+            created = False
             if self._file is None:
+                if self.sync:
+                    _make_durable_directory(self.directory)
                 self.directory.mkdir(parents=True, exist_ok=True)
                 self._number += 1
                 self._path = self.directory / f"segment-{self._number:08d}.jsonl"
                 self._file = open(self._path, "ab")  # noqa: SIM115 - kept open across calls
                 self._size = 0
+                created = True
             self._file.write(data)
             self._file.flush()
+            if self.sync:
+                os.fsync(self._file.fileno())
+                if created:
+                    sync_directory(self.directory)
         except OSError as exc:
             raise SpoolError(f"cannot write the spool in {self.directory}: {exc}") from exc
         self._size += len(data)
@@ -346,6 +366,33 @@ class SegmentWriter:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def remove(self, path: Path) -> None:
+        """Delete a drained segment (for good, with ``sync``: else a machine crash could bring
+        it back, and ``republish`` would send it twice)."""
+        path.unlink()
+        if self.sync:
+            sync_directory(self.directory)
+
+
+def _make_durable_directory(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, each entry synced in its parent."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for new in reversed(missing):
+        new.mkdir(exist_ok=True)
+        sync_directory(new.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory: the entries created, renamed or deleted in it are then durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_back(path: Path, offset: int, end: int) -> tuple[list[tuple[Outgoing, int]], int]:
@@ -363,13 +410,18 @@ def read_back(path: Path, offset: int, end: int) -> tuple[list[tuple[Outgoing, i
     return out, reached
 
 
-def _drop_head(path: Path, offset: int) -> None:
+def _drop_head(path: Path, offset: int, sync: bool = False) -> None:
     """Rewrite ``path`` without its first ``offset`` bytes (atomically, by renaming)."""
     partial = path.with_suffix(".partial")
     with open(path, "rb") as source, open(partial, "wb") as target:
         source.seek(offset)
         shutil.copyfileobj(source, target)
+        if sync:
+            target.flush()
+            os.fsync(target.fileno())
     os.replace(partial, path)
+    if sync:
+        sync_directory(path.parent)
 
 
 def _remove_if_empty(directory: Path) -> None:

@@ -149,12 +149,13 @@ async def test_a_refused_key_exits_non_zero_after_one_attempt(
 
 
 @one_broker
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGHUP], ids=["SIGINT", "SIGHUP"])
 async def test_sigint_flushes_kafka_and_the_recording_and_exits_zero(
-    kafka_bootstrap: str, tmp_path: Path
+    kafka_bootstrap: str, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    """Ctrl-C during a live run: exit 0, the summary shows delivered == produced, the recording
-    ends with a complete line (the last ``disconnected``), and Kafka holds the contract's
-    messages for every frame recorded."""
+    """Ctrl-C (or the terminal closing: SIGHUP) during a live run: exit 0, the summary shows
+    delivered == produced, the recording ends with a complete line (the last
+    ``disconnected``), and Kafka holds the contract's messages for every frame recorded."""
     record = tmp_path / "live.jsonl"
     ticks, volume = unique_topic("cli-ticks"), unique_topic("cli-volume")
     async with server(speed=20.0) as (port, log), trio.open_nursery() as nursery:
@@ -166,10 +167,11 @@ async def test_sigint_flushes_kafka_and_the_recording_and_exits_zero(
         )
         child = await start(nursery, args, cli_env(FINAZON_API_KEY=KEY), tmp_path)
         await until(lambda: len(bar_frames(log.sent())) >= 60, "60 bar frames sent")
-        child.process.send_signal(signal.SIGINT)
+        child.process.send_signal(signum)
         status = await child.exit_status()
     stderr = child.text()
     assert status == 0, stderr[-3000:]
+    assert f"{signum.name}: stopping the source, flushing Kafka" in stderr
     figures = summary(stderr)
     assert figures["delivered"] == figures["produced"] > 0, figures
     assert figures["failed"] == 0

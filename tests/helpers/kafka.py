@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+import jsonschema
 import pytest
 import trio
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka import Message as KafkaMessage
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from finazon_trio import schemas
 from finazon_trio.events import Headers, Message
 from finazon_trio.settings import Output
 from scripts.apache_kafka import ApacheKafka as ApacheKafka  # re-exported for the tests
@@ -37,8 +40,48 @@ _topic_numbers = itertools.count()
 
 
 def unique_topic(prefix: str) -> str:
-    """A topic name no other test (or earlier run against the same cluster) uses."""
+    """A topic name no other test (or earlier run against the same cluster) uses.
+
+    The prefix also names the topic's schema (:func:`schema_for`): records consumed from a
+    topic whose prefix has the word ``ticks``, ``volume`` (with ``raw``: raw bars), ``dead`` or
+    ``gaps`` are checked against it. Topics of other records need other words."""
     return f"{prefix}-{os.getpid()}-{time.time_ns() // 1000}-{next(_topic_numbers)}"
+
+
+_UNIQUE_SUFFIX = re.compile(r"-\d+-\d+-\d+$")
+
+
+def schema_for(topic: str) -> str | None:
+    """The declared schema of ``topic``'s records, by the words of its name (without
+    :func:`unique_topic`'s suffix): ``price_ticks``, ``cli-ticks``: ``price-tick``;
+    ``volume_stream``, ``e2e-volume``: ``volume-stream``; ``e2e-raw-volume``:
+    ``volume-stream-raw``; ``e2e-dead``: ``dead-letter``; ``stream_gaps``: ``gap``; None for
+    any other name."""
+    words = set(re.split(r"[-_.]", _UNIQUE_SUFFIX.sub("", topic)))
+    if "dead" in words:
+        return "dead-letter"
+    if "gaps" in words or "gap" in words:
+        return "gap"
+    if "volume" in words:
+        return "volume-stream-raw" if "raw" in words else "volume-stream"
+    if "ticks" in words:
+        return "price-tick"
+    return None
+
+
+def assert_fits_schema(topic: str, record: Record) -> None:
+    """Fail unless ``record`` fits its topic's declared schema (if the topic has one)."""
+    name = schema_for(topic)
+    if name is None:
+        return
+    try:
+        schemas.validate_record(name, record.key, record.value, record.headers)
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise AssertionError(f"{topic} offset {record.offset}: not a {name} record: {exc}") from exc
+    except jsonschema.ValidationError as exc:
+        raise AssertionError(
+            f"{topic} offset {record.offset} does not fit the {name} schema: {exc}"
+        ) from exc
 
 
 def unique_output(prefix: str, **options: Any) -> Output:
@@ -70,7 +113,8 @@ def consume_all(
 
     Reads all partitions from the beginning until ``count`` records have arrived, then for
     ``settle`` more seconds, so that extra records show up in the result. Fails the test if
-    fewer than ``count`` arrive within ``timeout`` seconds.
+    fewer than ``count`` arrive within ``timeout`` seconds, or if a record does not fit its
+    topic's declared schema (:func:`schema_for`).
     """
     consumer = Consumer(
         {
@@ -104,6 +148,8 @@ def consume_all(
                 records.append(_record(message))
     finally:
         consumer.close()
+    for record in records:
+        assert_fits_schema(topic, record)
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -136,3 +138,28 @@ def test_apache_kafka_keeps_its_data_and_port_across_a_kill(apache_kafka: Apache
     assert [r.value for r in consume_all(bootstrap, topic, 2)] == [b"before", b"after"]
     apache_kafka.restart()
     assert [r.value for r in consume_all(bootstrap, topic, 2)] == [b"before", b"after"]
+
+
+async def test_the_embedded_broker_stops_at_once_and_quietly_with_a_client_connected(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client still connected (a run's producer, a consumer of ``finazon-trio broker``) does
+    not hold the broker up: cancelled, it is gone within a second, with no warning (Tansu would
+    wait 5 s for its clients on SIGTERM)."""
+    async with trio.open_nursery() as nursery:
+        bootstrap: str = await nursery.start(run_embedded_broker)
+        port = int(bootstrap.rsplit(":", 1)[1])
+        client = await trio.open_tcp_stream("127.0.0.1", port)  # stays connected
+        start = trio.current_time()
+        nursery.cancel_scope.cancel()
+    assert trio.current_time() - start < 1.0
+    assert processes_serving(port) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    await client.aclose()
+    # The plain context manager too.
+    broker = EmbeddedBroker()
+    broker.start()
+    with socket.create_connection(("127.0.0.1", broker.port)):
+        before = time.monotonic()
+        broker.stop()
+        assert time.monotonic() - before < 1.0
