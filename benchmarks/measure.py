@@ -159,7 +159,7 @@ def replay_precomputed(
     ready = (messages for _, messages in frame_messages(Path(recording), output(topics)))
 
     class Precomputed(Transformer):
-        def on_frame(self, t_ns: int, text: str) -> list[Message]:
+        def on_frame(self, t_ns: int, text: str, conn: int = 0) -> list[Message]:
             return next(ready)
 
     # Only this measurement's own process sees the substitute, and only inside this block.

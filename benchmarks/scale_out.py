@@ -141,7 +141,7 @@ def worker_plain(bootstrap: str, frames_topic: str, records: int, tag: str) -> d
         for message in batch:
             decoded = decode(message.value())
             assert not isinstance(decoded, Reject)
-            update, e, interval = decoded
+            update, e, interval, _origin = decoded
             for topic, key, value, ts, headers in expand(update, e, interval, output, subscription):
                 while True:
                     try:

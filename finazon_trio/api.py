@@ -7,18 +7,18 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import attrs
 import trio
 
 from finazon_trio.errors import ConfigurationError
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.pipeline import RunResult, Source, run_pipeline
-from finazon_trio.recording import header_from_settings, read_header
+from finazon_trio.recording import header_from_settings, read_header, replay_settings
 from finazon_trio.settings import (
     DEFAULT_DATASET,
     DEFAULT_PRICE_TICKS_TOPIC,
     DEFAULT_URL,
     DEFAULT_VOLUME_STREAM_TOPIC,
+    BackfillSettings,
     KafkaSettings,
     LiveSettings,
     Output,
@@ -53,9 +53,12 @@ class FinazonMarketDataProducer:
         failed_path: Path | None = None,
         spool_sync: bool = False,
         record: Path | None = None,
+        backfill: bool = True,
         **output: object,
     ) -> None:
-        """``output`` takes the fields of :class:`Output` (points, path, volume_format...)."""
+        """``output`` takes the fields of :class:`Output` (points, path, volume_format...);
+        ``backfill`` fills what disconnects miss from the REST API (README, "Gaps and
+        backfill")."""
         try:
             self.settings = Settings(
                 subscription=Subscription(dataset=data_source, tickers=tuple(ticker_symbols)),
@@ -74,6 +77,7 @@ class FinazonMarketDataProducer:
                 live=LiveSettings(
                     url=url, api_key=api_key or os.environ.get("FINAZON_API_KEY", "")
                 ),
+                backfill=BackfillSettings(enabled=backfill),
                 record=record,
                 dashboard=False,
             )
@@ -106,7 +110,7 @@ class FinazonMarketDataProducer:
     ) -> RunResult:
         """Publish a recording inside the caller's trio run."""
         header = read_header(Path(path))
-        settings = attrs.evolve(self.settings, subscription=header.subscription(), record=None)
+        settings = replay_settings(self.settings, header)
         source: Source = functools.partial(
             replay_source, Path(path), metrics=self.metrics.source, speed=speed
         )

@@ -45,7 +45,49 @@ class Lifecycle:
     reason: str = ""
 
 
-SourceEvent: TypeAlias = Received | Sent | Lifecycle
+@attrs.frozen(slots=True)
+class HttpExchange:
+    """One REST call of a backfill: the request (never the key) and what came back."""
+
+    #: When the request was sent (ns since the epoch).
+    t_ns: int
+    path: str
+    params: dict[str, str]
+    #: The HTTP status; 0 when no response came (``error`` says why).
+    status: int = 0
+    body: str = ""
+    #: ``timeout``, or ``network: ...`` when the call failed without a response.
+    error: str = ""
+
+
+@attrs.frozen(slots=True)
+class RestResult:
+    """How one backfill's REST calls went (``rest`` in a recording): made by the live REST
+    client, replayed from a recording, judged by the transform (:mod:`.transform.backfill`)."""
+
+    #: When the backfill ended (ns since the epoch).
+    t_ns: int
+    #: The backfill's number in this run (from 1), as the transform numbered it.
+    backfill: int
+    symbol: str
+    exchanges: tuple[HttpExchange, ...] = ()
+    #: Why the calls stopped short of an answer: ``timeout`` (``--backfill-timeout``),
+    #: ``rate_limited`` (the budget or 429s outlasted it), or "" (the last exchange says).
+    error: str = ""
+
+
+SourceEvent: TypeAlias = Received | Sent | Lifecycle | RestResult
+
+
+@attrs.frozen(slots=True)
+class BackfillRequest:
+    """What the transform asks the REST client for: ``symbol``'s 1-minute bars opening from
+    ``first`` to ``last`` (Unix seconds, both included)."""
+
+    backfill: int
+    symbol: str
+    first: int
+    last: int
 
 
 @attrs.frozen(slots=True)

@@ -5,6 +5,9 @@ Live mode (``metrics.mode == "live"``) adds the spool (:mod:`.spool`): a live so
 made to wait, so it starts at once, and whatever Kafka cannot take yet (it has not answered at
 start, or it is slow or away) waits on disk. A replay waits for Kafka instead.
 
+Live backfill (:mod:`.transform.backfill`) adds the REST client beside the source: it lives as
+long as the source and sends its answers into the source's channel, before the recorder.
+
 Shutdown: the first SIGINT, SIGTERM or SIGHUP (the terminal closed) cancels only the source.
 Its channel closes, the transform drains and closes its own, the spool hands over its backlog
 and the publisher flushes what is queued, all within the flush deadline (``--flush-timeout``)
@@ -25,7 +28,7 @@ import attrs
 import trio
 
 from finazon_trio.errors import KafkaError
-from finazon_trio.events import Outgoing, SourceEvent
+from finazon_trio.events import BackfillRequest, Outgoing, SourceEvent
 from finazon_trio.observe.metrics import Metrics
 from finazon_trio.observe.prometheus import serve_metrics
 from finazon_trio.observe.refresh import run_dashboard, run_log
@@ -43,6 +46,7 @@ from finazon_trio.sink.failed import (
 from finazon_trio.sink.publisher import Publisher, producer_config
 from finazon_trio.sink.spool import Spool
 from finazon_trio.source.recorder import Recorder
+from finazon_trio.source.rest import RestClient
 from finazon_trio.transform.stage import Transformer, run_transform
 
 logger = logging.getLogger(__name__)
@@ -148,8 +152,13 @@ async def _run_stages(
             )
         else:
             await _reach_kafka(settings, config, metrics)
+        rest, submit = _backfill(settings, metrics)
         transformer = Transformer(
-            settings.output, settings.subscription, metrics.transform, tickers=metrics.tickers
+            settings.output,
+            settings.subscription,
+            metrics.transform,
+            tickers=metrics.tickers,
+            backfill=submit,
         )
         kafka = _KafkaSide(settings, config, metrics, failed, spool, shutdown)
         try:
@@ -174,7 +183,7 @@ async def _run_stages(
                 nursery.start_soon(run_transform, events, outgoing_send, transformer)
                 source_stopped = trio.Event()
                 nursery.start_soon(
-                    _run_source, source, events_send, shutdown.source, source_stopped
+                    _run_source, source, events_send, shutdown.source, source_stopped, rest
                 )
                 nursery.start_soon(kafka.watch_deadline, source_stopped)
                 shutdown.stages_running = True
@@ -334,15 +343,47 @@ async def _run_source(
     send: trio.MemorySendChannel[SourceEvent],
     scope: trio.CancelScope,
     stopped: trio.Event,
+    rest: RestClient | None = None,
 ) -> None:
     # Closing here as well as in the source guarantees the downstream cascade even when the
-    # source is cancelled before it ever entered its own ``async with send``.
+    # source is cancelled before it ever entered its own ``async with send``. The REST client
+    # (live backfill) sends its answers into the same channel and lives as long as the source.
     try:
         async with send:
             with scope:
-                await source(send)
+                if rest is None:
+                    await source(send)
+                    return
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(rest.run, send.clone())
+                    await source(send)
+                    nursery.cancel_scope.cancel()
     finally:
         stopped.set()
+
+
+def backfill_active(settings: Settings) -> bool:
+    """Whether gaps are detected and backfilled: asked for, with 1-minute bars."""
+    return settings.backfill.enabled and settings.subscription.aggregation.strip() == "1m"
+
+
+def _backfill(
+    settings: Settings, metrics: Metrics
+) -> tuple[RestClient | None, Callable[[BackfillRequest], None] | None]:
+    """Live: the REST client, and its ``submit`` for the transform. Replay: no client, and a
+    ``submit`` that asks nothing (the answers are in the recording)."""
+    if not backfill_active(settings):
+        return None, None
+    if metrics.mode != "live":
+        return None, _recorded
+    rest = RestClient(
+        settings.backfill, settings.live.api_key, settings.subscription, metrics.source
+    )
+    return rest, rest.submit
+
+
+def _recorded(_request: BackfillRequest) -> None:
+    """A replay's backfill: its REST answer comes from the recording."""
 
 
 def _topics(settings: Settings) -> list[str]:
@@ -352,6 +393,8 @@ def _topics(settings: Settings) -> list[str]:
         topics = [out.frames_topic]
     if out.dead_letter_topic:
         topics.append(out.dead_letter_topic)
+    if backfill_active(settings):
+        topics.append(out.gaps_topic)
     return topics
 
 

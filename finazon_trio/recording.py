@@ -6,8 +6,15 @@ Line 1 is the header; each later line is a frame or a connection lifecycle event
      "dataset": ..., "tickers": [...], "channel": "bars", "frequency": "1s", "aggregation": "1m"}}
     {"t_ns": ..., "conn": 1, "dir": "in", "text": "<the WebSocket text frame as received>"}
     {"t_ns": ..., "conn": 1, "event": "disconnected", "reason": "..."}
+    {"t_ns": ..., "rest": {"backfill": 1, "symbol": "AAPL", "error": "", "exchanges": [{"t_ns":
+     ..., "method": "GET", "path": "...", "params": {...}, "status": 200, "body": "...",
+     "error": ""}]}}
 
-The lines are attrs records (``_HeaderLine``, ``_Frame``, and
+A ``rest`` entry (live backfill, :mod:`finazon_trio.source.rest`) is one backfill's REST calls;
+the header then says ``"backfill": true``, and a replay hands the entries to the transform
+instead of calling anything. Recordings without them (older ones) replay as they always did.
+
+The lines are attrs records (``_HeaderLine``, ``_Frame``, ``_RestLine``, and
 :class:`~finazon_trio.events.Lifecycle` as it is), written and read by :mod:`finazon_trio.codec`.
 The writers are the recorder stage (:mod:`finazon_trio.source.recorder`) and
 :func:`write_recording`; the readers are :func:`read_header` and :func:`iter_entries`. The API key
@@ -27,7 +34,7 @@ import orjson
 
 from finazon_trio.codec import DecodeError, encode_line, structure
 from finazon_trio.errors import RecordingError
-from finazon_trio.events import Lifecycle, Received, Sent, SourceEvent
+from finazon_trio.events import HttpExchange, Lifecycle, Received, RestResult, Sent, SourceEvent
 from finazon_trio.redaction import redact
 from finazon_trio.settings import (
     DEFAULT_AGGREGATION,
@@ -76,6 +83,8 @@ class RecordingHeader:
     channel: str = DEFAULT_CHANNEL
     frequency: str = DEFAULT_FREQUENCY
     aggregation: str = DEFAULT_AGGREGATION
+    #: The run backfilled gaps: its REST answers are ``rest`` entries, and a replay uses them.
+    backfill: bool = False
 
     def subscription(self) -> Subscription:
         """The subscription the recorded run used (raises ``ValueError`` on a bad frequency)."""
@@ -99,6 +108,18 @@ def header_from_settings(settings: Settings, url: str) -> RecordingHeader:
         channel=sub.channel,
         frequency=sub.frequency,
         aggregation=sub.aggregation,
+        backfill=settings.backfill.enabled,
+    )
+
+
+def replay_settings(settings: Settings, header: RecordingHeader) -> Settings:
+    """``settings`` for a replay of the recording with ``header``: its subscription, no
+    recording, and backfill as the recorded run had it (its answers are in the recording)."""
+    return attrs.evolve(
+        settings,
+        subscription=header.subscription(),
+        record=None,
+        backfill=attrs.evolve(settings.backfill, enabled=header.backfill),
     )
 
 
@@ -123,6 +144,8 @@ class _HeaderLine:
     version: int = VERSION
     created_ns: int = 0
     source: _Source
+    #: True when the run backfilled (``rest`` entries follow); left out otherwise.
+    backfill: bool | None = None
 
 
 @attrs.frozen(slots=True)
@@ -145,16 +168,73 @@ def encode_header(header: RecordingHeader, secrets: Sequence[str] = ()) -> bytes
         header.frequency,
         header.aggregation,
     )
-    return encode_line(_HeaderLine(created_ns=header.created_ns, source=source))
+    backfill = True if header.backfill else None
+    return encode_line(_HeaderLine(created_ns=header.created_ns, source=source, backfill=backfill))
+
+
+@attrs.frozen(slots=True)
+class _Exchange:
+    """One REST call of a ``rest`` entry (:class:`~finazon_trio.events.HttpExchange`)."""
+
+    t_ns: int
+    method: str
+    path: str
+    params: dict[str, str]
+    status: int
+    body: str
+    error: str = ""
+
+
+@attrs.frozen(slots=True)
+class _Rest:
+    backfill: int
+    symbol: str
+    error: str
+    exchanges: tuple[_Exchange, ...]
+
+
+@attrs.frozen(slots=True)
+class _RestLine:
+    """A backfill's REST calls (:class:`~finazon_trio.events.RestResult`)."""
+
+    t_ns: int
+    rest: _Rest
 
 
 def encode_entry(event: SourceEvent, secrets: Sequence[str] = ()) -> bytes:
     """One event's line, newline included, with the key redacted from its text."""
+    if isinstance(event, RestResult):
+        return encode_line(_rest_line(event, secrets))
     if isinstance(event, Lifecycle):
         reason = redact(event.reason, secrets)
         return encode_line(Lifecycle(event.t_ns, event.conn, event.event, reason))
     direction: Literal["in", "out"] = "in" if isinstance(event, Received) else "out"
     return encode_line(_Frame(event.t_ns, event.conn, direction, redact(event.text, secrets)))
+
+
+def _rest_line(result: RestResult, secrets: Sequence[str]) -> _RestLine:
+    exchanges = tuple(
+        _Exchange(
+            x.t_ns,
+            "GET",
+            redact(x.path, secrets),
+            {k: redact(v, secrets) for k, v in x.params.items()},
+            x.status,
+            redact(x.body, secrets),
+            redact(x.error, secrets),
+        )
+        for x in result.exchanges
+    )
+    rest = _Rest(result.backfill, result.symbol, result.error, exchanges)
+    return _RestLine(result.t_ns, rest)
+
+
+def _rest_result(line: _RestLine) -> RestResult:
+    rest = line.rest
+    exchanges = tuple(
+        HttpExchange(x.t_ns, x.path, x.params, x.status, x.body, x.error) for x in rest.exchanges
+    )
+    return RestResult(line.t_ns, rest.backfill, rest.symbol, exchanges, rest.error)
 
 
 def write_recording(
@@ -240,6 +320,11 @@ def _parse_entry(line: bytes, line_no: int, *, truncated: bool = False) -> Sourc
         return Corrupt(line_no, "empty line" if not line.strip() else "corrupt line (not JSON)")
     if type(obj) is not dict:
         return Corrupt(line_no, "corrupt line (not a JSON object)")
+    if "rest" in obj:
+        try:
+            return _rest_result(structure(obj, _RestLine))
+        except DecodeError:
+            return Corrupt(line_no, "corrupt REST entry")
     direction = obj.get("dir")
     try:
         if direction is None:  # not a frame
@@ -291,6 +376,7 @@ def _read_header(file: BinaryIO, path: Path) -> RecordingHeader:
         source.channel,
         source.frequency,
         source.aggregation,
+        bool(header_line.backfill),
     )
     try:
         header.subscription()

@@ -19,6 +19,8 @@ DEFAULT_PROVIDER = "finazon"
 DEFAULT_POINTS = 90
 DEFAULT_PRICE_TICKS_TOPIC = "price_ticks"
 DEFAULT_VOLUME_STREAM_TOPIC = "volume_stream"
+DEFAULT_GAPS_TOPIC = "stream_gaps"
+DEFAULT_REST_URL = "https://api.finazon.io/latest"
 #: How long shutdown waits for Kafka to acknowledge what is queued.
 DEFAULT_FLUSH_TIMEOUT = 30.0
 
@@ -99,6 +101,8 @@ class Output:
     price_ticks_topic: str = DEFAULT_PRICE_TICKS_TOPIC
     volume_stream_topic: str = DEFAULT_VOLUME_STREAM_TOPIC
     dead_letter_topic: str | None = None
+    #: Where gap records go: what a disconnect missed and backfill could not fill.
+    gaps_topic: str = DEFAULT_GAPS_TOPIC
     points: int = attrs.field(default=DEFAULT_POINTS, validator=_at_least_one)
     path: PathMode = "linear"
     volume_format: VolumeFormat = "descriptive"
@@ -169,6 +173,34 @@ class LiveSettings:
     connections: int = attrs.field(default=1, validator=_at_least_one)
 
 
+def _http_url(_inst: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if not value.lower().startswith(("http://", "https://")):
+        raise ValueError(f"{_name(attribute)} {value!r} is not an HTTP URL (http(s)://...)")
+
+
+def _calls_per_minute(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{_name(attribute)} must be at least 1, not {value}")
+
+
+@attrs.frozen
+class BackfillSettings:
+    """Filling what a disconnect missed from Finazon's REST API (README, "Gaps and backfill").
+
+    Off unless asked for, so that a replay or a library run never calls REST by surprise: the
+    ``live`` command and the library's live producer turn it on (``--no-backfill``: off); a
+    replay follows its recording (:func:`~finazon_trio.recording.replay_settings`), whose REST
+    answers it holds (no key, no network)."""
+
+    enabled: bool = False
+    #: The REST API's base URL; the path ``/{publisher}/{dataset}/time_series`` is appended.
+    rest_url: str = attrs.field(default=DEFAULT_REST_URL, validator=_http_url)
+    #: How long a symbol's live bars may wait for its backfill (budget, 429s and calls).
+    timeout: float = attrs.field(default=5.0, validator=_positive_seconds)
+    #: REST calls a minute at most (Finazon's plans allow from 5 up).
+    calls_per_minute: int = attrs.field(default=5, validator=_calls_per_minute)
+
+
 @attrs.frozen
 class Settings:
     """Everything one run needs. Build it once; it never changes during the run."""
@@ -177,6 +209,7 @@ class Settings:
     output: Output = Output()
     kafka: KafkaSettings = KafkaSettings()
     live: LiveSettings = LiveSettings()
+    backfill: BackfillSettings = BackfillSettings()
     #: Write the raw frames to this JSONL recording.
     record: Path | None = None
     #: None: on when stderr is a terminal.

@@ -22,11 +22,17 @@ from finazon_trio.observe.summary import summary_table
 from finazon_trio.observe.tail import TailOptions
 from finazon_trio.observe.tail import tail as tail_topics
 from finazon_trio.pipeline import STOP_SIGNALS, RunResult, Source, run_pipeline
-from finazon_trio.recording import RecordingHeader, header_from_settings, read_header
+from finazon_trio.recording import (
+    RecordingHeader,
+    header_from_settings,
+    read_header,
+    replay_settings,
+)
 from finazon_trio.server.app import serve as serve_clients
 from finazon_trio.server.config import ServerConfig
 from finazon_trio.server.synthetic import generate_recording
 from finazon_trio.settings import (
+    BackfillSettings,
     KafkaSettings,
     LiveSettings,
     Output,
@@ -52,6 +58,7 @@ def _settings(
     subscription: Subscription,
     *,
     live: LiveSettings | None = None,
+    backfill: BackfillSettings | None = None,
     record: Path | None = None,
     speed: float | None = None,
 ) -> Settings:
@@ -66,9 +73,11 @@ def _settings(
                 path=args.path,
                 volume_format=args.volume_format,
                 frames_topic=getattr(args, "frames_topic", None),
+                gaps_topic=args.gaps_topic,
             ),
             kafka=_kafka(args),
             live=live or LiveSettings(),
+            backfill=backfill or BackfillSettings(),
             record=record,
             dashboard=args.dashboard if args.dashboard is not None else sys.stderr.isatty(),
             metrics_port=args.metrics_port,
@@ -137,9 +146,17 @@ def live(args: argparse.Namespace) -> int:
             max_retries=args.max_retries,
             connections=args.connections,
         )
+        backfill = BackfillSettings(
+            enabled=args.backfill,
+            rest_url=args.rest_url,
+            timeout=args.backfill_timeout,
+            calls_per_minute=args.rest_calls_per_minute,
+        )
     except ValueError as exc:
         raise ConfigurationError(str(exc)) from exc
-    settings = _settings(args, subscription, live=live_settings, record=args.record)
+    settings = _settings(
+        args, subscription, live=live_settings, backfill=backfill, record=args.record
+    )
     metrics = Metrics(mode="live")
     source: Source = functools.partial(live_source, settings, metrics=metrics.source)
     header = header_from_settings(settings, settings.live.url)
@@ -149,7 +166,7 @@ def live(args: argparse.Namespace) -> int:
 def replay(args: argparse.Namespace) -> int:
     speed = None if args.speed == "max" else _positive_float(args.speed, "--speed")
     header = read_header(args.recording)
-    settings = _settings(args, header.subscription(), speed=speed)
+    settings = replay_settings(_settings(args, header.subscription(), speed=speed), header)
     metrics = Metrics(mode="replay", origin=str(args.recording))
     source: Source = functools.partial(
         replay_source, args.recording, metrics=metrics.source, speed=speed
@@ -244,6 +261,13 @@ def serve(args: argparse.Namespace) -> int:
         auth_failure=args.auth_failure,
         unknown_tickers=tuple(args.unknown_ticker),
         frame_style=args.frame_style,
+        drop_for=args.drop_for,
+        rest_port=args.rest_port,
+        rest_rate_limit=args.rest_rate_limit,
+        rest_failure_rate=args.rest_failure_rate,
+        rest_delay=args.rest_delay,
+        rest_garbage_rate=args.rest_garbage_rate,
+        rest_reject_auth=args.rest_reject_auth,
     )
     trio.run(_until_interrupted, functools.partial(serve_clients, config))
     return 0

@@ -11,6 +11,7 @@ from finazon_trio import __version__, schemas
 from finazon_trio.cli import commands
 from finazon_trio.server.config import AuthStyle, FrameStyle, ServerConfig
 from finazon_trio.settings import (
+    BackfillSettings,
     KafkaSettings,
     LiveSettings,
     Output,
@@ -30,6 +31,7 @@ _SUBSCRIPTION = Subscription()
 _OUTPUT = Output()
 _KAFKA = KafkaSettings()
 _SERVER = ServerConfig()
+_BACKFILL = BackfillSettings()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=int, default=_LIVE.connections, help="spread tickers over N"
     )
     live.add_argument("--record", type=Path, metavar="PATH", help="write frames to JSONL")
+    fill = live.add_argument_group("gaps and backfill")
+    fill.add_argument(  # on by default in live mode (the settings' default is off)
+        "--no-backfill",
+        dest="backfill",
+        action="store_false",
+        help="do not fill what a disconnect missed from the REST API",
+    )
+    fill.add_argument("--rest-url", default=_BACKFILL.rest_url, help="the REST API's base URL")
+    fill.add_argument(
+        "--backfill-timeout",
+        type=float,
+        default=_BACKFILL.timeout,
+        metavar="SECONDS",
+        help="longest a symbol's live bars wait for its backfill",
+    )
+    fill.add_argument(
+        "--rest-calls-per-minute",
+        type=int,
+        default=_BACKFILL.calls_per_minute,
+        metavar="N",
+        help="REST call budget",
+    )
     _add_output_options(live)
     _add_frames_topic(live)
     live.set_defaults(handler=commands.live)
@@ -129,6 +153,37 @@ def build_parser() -> argparse.ArgumentParser:
         default=_SERVER.frame_style,
         help='synthetic bars as flat frames, {"data": [...]}, or the older flat shape',
     )
+    srv.add_argument(
+        "--drop-for",
+        type=float,
+        metavar="SECONDS",
+        help="after each --drop-every drop, refuse the key's reconnects for this much market time",
+    )
+    rest = srv.add_argument_group("REST time-series endpoint")
+    rest.add_argument("--rest-port", type=int, metavar="PORT", help="serve it on this port")
+    rest.add_argument("--rest-rate-limit", type=int, metavar="N", help="calls a minute, then 429")
+    rest.add_argument(
+        "--rest-failure-rate",
+        type=float,
+        default=_SERVER.rest_failure_rate,
+        metavar="FRACTION",
+        help="answer this fraction of calls 503",
+    )
+    rest.add_argument(
+        "--rest-delay",
+        type=float,
+        default=_SERVER.rest_delay,
+        metavar="SECONDS",
+        help="wait this long before each answer",
+    )
+    rest.add_argument("--rest-reject-auth", action="store_true", help="refuse every REST call")
+    rest.add_argument(
+        "--rest-garbage-rate",
+        type=float,
+        default=_SERVER.rest_garbage_rate,
+        metavar="FRACTION",
+        help="answer this fraction of calls 200 with a malformed body",
+    )
     srv.set_defaults(handler=commands.serve)
 
     tail = subcommands.add_parser("tail", help="print (or chart) what the output topics hold")
@@ -184,6 +239,9 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--price-ticks-topic", default=_OUTPUT.price_ticks_topic)
     out.add_argument("--volume-stream-topic", default=_OUTPUT.volume_stream_topic)
     out.add_argument("--dead-letter-topic", help="publish rejected frames here")
+    out.add_argument(
+        "--gaps-topic", default=_OUTPUT.gaps_topic, help="what a disconnect missed, unfilled"
+    )
     out.add_argument("--points", type=int, default=_OUTPUT.points, help="price ticks per frame")
     out.add_argument("--path", choices=get_args(PathMode), default=_OUTPUT.path)
     out.add_argument(

@@ -195,6 +195,8 @@ def _pipeline(snap: Snapshot, now: float) -> Table:
     total = sum(rejects.values())
     detail = ", ".join(f"{r} {n:,}" for r, n in sorted(rejects.items(), key=lambda i: -i[1]))
     grid.add_row("rejects", Text(f"{total:,} · {detail}", WARN) if total else Text("0", GOOD))
+    if tr.get("backfills"):
+        grid.add_row("backfill", _backfill_text(tr))
     if run_mode(snap) == "live":
         grid.add_row("lag", _aged(event_lag(snap, now), LAG_WARN, LAG_BAD))
     else:
@@ -304,6 +306,16 @@ def _progress(snap: Snapshot) -> Table:
     return grid
 
 
+def _backfill_text(tr: Mapping[str, Any]) -> Text:
+    """Backfills after disconnects: minutes filled, gap records, and those still waiting."""
+    gaps = tr.get("gaps", 0)
+    text = (
+        f"{tr.get('backfilled_bars', 0):,} min filled · {gaps:,} gaps "
+        f"({tr.get('gap_minutes', 0):,} min) · {tr.get('backfilling', 0)} waiting"
+    )
+    return Text(text, WARN if gaps else GOOD)
+
+
 def log_line(snapshot: Snapshot, now: float) -> str:
     """The dashboard's main figures as one log line (for runs without a terminal)."""
     src, tr, pub, rates = (part(snapshot, name) for name in SECTIONS)
@@ -324,6 +336,8 @@ def log_line(snapshot: Snapshot, now: float) -> str:
         f"in {fmt_rate(rates.get('frames'))} ticks {fmt_rate(rates.get('ticks'))} "
         f"out {fmt_rate(rates.get('delivered'))} bars {tr.get('bars', 0):,} rejects {rejects:,}"
     )
+    if tr.get("backfills"):
+        parts.append(f"backfill {_backfill_text(tr).plain}")
     p50, p99 = _latency(snapshot)
     parts.append(
         f"kafka queued {fmt_count(queued(pub))} delivered {pub.get('delivered', 0):,} "

@@ -69,6 +69,9 @@ class SourceMetrics:
     subscribed: set[str] = attrs.field(factory=set)
     #: Per-ticker errors the server sent, by ticker.
     ticker_errors: Counter[str] = attrs.field(factory=Counter)
+    #: REST calls made for backfills (live), and how many were answered 429.
+    rest_calls: int = 0
+    rest_rate_limited: int = 0
     # replay only
     lines_total: int = 0
     lines_read: int = 0
@@ -86,6 +89,15 @@ class TransformMetrics:
     volume_messages: int = 0
     dead_letters: int = 0
     last_event_ms: int = 0
+    #: Backfills started (one per symbol per gap), minutes published from them, gap records
+    #: published and the minutes they cover, REST bars rejected (``transform.backfill``).
+    backfills: int = 0
+    #: Backfills in flight now (their symbols' live bars wait).
+    backfilling: int = 0
+    backfilled_bars: int = 0
+    gaps: int = 0
+    gap_minutes: int = 0
+    rest_rejects: int = 0
 
 
 @attrs.define

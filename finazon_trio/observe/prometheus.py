@@ -217,6 +217,19 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         ticks="price_ticks|Price tick messages made.",
         volume_messages="volume_messages|Volume stream messages made.",
         dead_letters="dead_letters|Rejected frames sent to the dead-letter topic.",
+        backfills="backfills|Backfills started after a disconnect (one per symbol per gap).",
+        backfilled_bars="backfilled_bars|Missed minutes published from the REST API.",
+        gaps="gaps|Gap records published: missed minutes that could not be filled.",
+        gap_minutes="gap_minutes|Minutes covered by the gap records.",
+        rest_rejects="rest_rejects|REST answers' bars (or bodies) rejected as invalid.",
+    )
+    yield _gauge(
+        "backfilling", "Backfills in flight (their symbols wait).", tr.get("backfilling", 0)
+    )
+    yield from _counters(
+        src,
+        rest_calls="rest_calls|REST calls made for backfills.",
+        rest_rate_limited="rest_rate_limited|REST calls answered 429.",
     )
     yield _labelled(
         CounterMetricFamily,

@@ -24,6 +24,10 @@ def summary_table(snap: dict[str, Any]) -> Table:
     table.add_row("volume messages", f"{tr['volume_messages']:,}")
     if tr["dead_letters"]:
         table.add_row("dead letters", f"{tr['dead_letters']:,}")
+    if tr.get("backfills"):
+        table.add_row("backfilled minutes", f"{tr['backfilled_bars']:,}")
+        gaps = f"{tr['gaps']:,} ({tr['gap_minutes']:,} minutes)"
+        table.add_row("gap records", f"[yellow]{gaps}[/]" if tr["gaps"] else gaps)
     table.add_row("produced", f"{pub['produced']:,}")
     table.add_row("delivered", f"[green]{pub['delivered']:,}[/]")
     failed_style = "red" if pub["failed"] else "green"

@@ -21,8 +21,13 @@ Faults, per connection and counted from its handshake: ``drop_every`` closes the
 without a closing handshake, always between two frames (every frame sent is whole and is
 delivered before the FIN); ``stall_after`` goes silent without closing (no frames, no replies,
 no pongs: the socket is no longer read); ``garbage_rate`` sends a malformed frame before that
-fraction of the bar frames; ``reject_auth`` refuses every key. A :class:`ServerLog` passed to
-:func:`serve` keeps every frame each client sent and was sent, for tests to compare.
+fraction of the bar frames; ``reject_auth`` refuses every key; ``drop_for`` refuses a dropped
+key's handshakes (HTTP 503) for that much market time after each drop, while the market runs on,
+so that the client misses whole minutes. A :class:`ServerLog` passed to :func:`serve` keeps
+every frame each client sent and was sent, for tests to compare.
+
+With ``rest_port``, the REST time-series endpoint (:mod:`.rest`) answers beside it, over the same
+market; its port goes to ``ServerLog.rest_port``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from trio_websocket import (
 
 from finazon_trio.server.config import ServerConfig
 from finazon_trio.server.feeds import Feed, load_feed
+from finazon_trio.server.rest import RestServer, serve_rest
 from finazon_trio.server.session import ClientLog, Outcome, ServerLog, Session
 
 logger = logging.getLogger(__name__)
@@ -54,6 +60,7 @@ DROP_LINGER = 5.0
 #: Client messages trio-websocket buffers per connection.
 MESSAGE_QUEUE = 16
 UNAUTHORIZED_BODY = b'{"status":"error","message":"Unauthorized: invalid API key"}'
+UNAVAILABLE_BODY = b'{"status":"error","message":"Service unavailable: try again later"}'
 
 
 async def serve(
@@ -70,12 +77,18 @@ async def serve(
     feed = await load_feed(config)
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     port: int = listeners[0].socket.getsockname()[1]
-    server = _Server(config, feed, log if log is not None else ServerLog(), keep=log is not None)
+    keep = log is not None
+    log = log if log is not None else ServerLog()
+    server = _Server(config, feed, log, keep=keep)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, server.handle, listeners)
         logger.info(
             "Finazon-compatible server on ws://%s:%d/v1 (%s)", config.host, port, feed.describe()
         )
+        if config.rest_port is not None:
+            rest = RestServer(config, feed)
+            log.rest = rest.statuses
+            log.rest_port = await nursery.start(serve_rest, config, rest, config.rest_port)
         task_status.started(port)
 
 
@@ -86,6 +99,8 @@ class _Server:
         self.log = log
         self.keep = keep
         self.numbers = itertools.count(1)
+        #: Keys dropped by a fault, refused until this trio time (``drop_for``).
+        self.away_until: dict[str, float] = {}
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """One client, from handshake to close. Errors end this client, never the server."""
@@ -109,6 +124,13 @@ class _Server:
             if started is None:
                 return
             request, reader = started
+            key = _key(request)
+            if trio.current_time() < self.away_until.get(key, -math.inf):
+                record.ended = "rejected"
+                headers = [(b"content-type", b"application/json")]
+                await request.reject(503, extra_headers=headers, body=UNAVAILABLE_BODY)
+                reader.cancel()
+                return
             if not self._authorized(request) and self.config.auth_failure == "reject":
                 record.ended = "rejected"
                 logger.info("client %d: API key refused (HTTP 401)", record.number)
@@ -139,6 +161,10 @@ class _Server:
             # A fault: stop trio-websocket's reader (no more pongs) and own the raw socket.
             reader.cancel()
             await reader_done.wait()
+            if outcome == "drop" and self.config.drop_for is not None:
+                away = self.config.drop_for / self.config.speed
+                self.away_until[key] = trio.current_time() + away
+                logger.info("client %d: its key is refused for %g s", record.number, away)
             await self._fault(stream, outcome, session.opened)
 
     async def _fault(self, stream: trio.SocketStream, outcome: Outcome, opened: float) -> None:
@@ -152,11 +178,15 @@ class _Server:
         await _drop(stream)
 
     def _authorized(self, request: WebSocketRequest) -> bool:
-        keys = parse_qs(urlsplit(request.path).query).get("apikey", [])
-        key = keys[0] if keys else ""
+        key = _key(request)
         if self.config.reject_auth or not key:
             return False
         return not self.config.api_keys or key in self.config.api_keys
+
+
+def _key(request: WebSocketRequest) -> str:
+    keys = parse_qs(urlsplit(request.path).query).get("apikey", [])
+    return keys[0] if keys else ""
 
 
 async def _run_websocket(

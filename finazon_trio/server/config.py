@@ -21,9 +21,19 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float | Non
         raise ValueError(f"{attribute.name} must be a positive number of seconds, not {value}")
 
 
-def _fraction(_inst: object, _attribute: object, value: float) -> None:
+def _fraction(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"garbage_rate must be between 0 and 1, not {value}")
+        raise ValueError(f"{attribute.name} must be between 0 and 1, not {value}")
+
+
+def _calls(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1 a minute, not {value}")
+
+
+def _delay(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{attribute.name} must be a number of seconds, 0 or more, not {value}")
 
 
 @attrs.frozen
@@ -57,3 +67,17 @@ class ServerConfig:
     start_time: float | None = None
     #: Datasets a subscription may name; any other is refused.
     datasets: tuple[str, ...] = DATASETS
+    #: After each drop (``drop_every``), refuse the dropped key's handshakes (HTTP 503) for
+    #: this many seconds of market time (real seconds times ``speed``): the market runs on and
+    #: the client misses them.
+    drop_for: float | None = attrs.field(default=None, validator=_positive)
+    #: Serve the REST time-series endpoint on this port (0: a free one); None: no REST.
+    rest_port: int | None = None
+    #: REST faults: calls a minute per key before 429; fraction of calls answered 503; seconds
+    #: before each answer; fraction of 200 answers with a malformed body.
+    rest_rate_limit: int | None = attrs.field(default=None, validator=_calls)
+    rest_failure_rate: float = attrs.field(default=0.0, validator=_fraction)
+    rest_delay: float = attrs.field(default=0.0, validator=_delay)
+    rest_garbage_rate: float = attrs.field(default=0.0, validator=_fraction)
+    #: Refuse every REST call (401 ``INVALID_API_KEY``): a key or plan without REST access.
+    rest_reject_auth: bool = False

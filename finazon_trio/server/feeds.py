@@ -22,13 +22,15 @@ from finazon_trio.errors import RecordingError
 from finazon_trio.events import Received
 from finazon_trio.recording import iter_entries
 from finazon_trio.server.synthetic import SyntheticMarket
-from finazon_trio.settings import interval_ms
+from finazon_trio.settings import DEFAULT_FREQUENCY, interval_ms
 
 if TYPE_CHECKING:
     from finazon_trio.server.config import ServerConfig
 
 #: Bars per ``{"ch": "bars", "data": [...]}`` message (keeps messages far below 1 MiB).
 WRAP_BATCH = 100
+#: The bar size the REST endpoint serves (``interval=1m``).
+REST_AGGREGATION = "1m"
 _WELL_FORMED = re.compile(r"^[A-Z0-9]{1,12}(?:[./:-][A-Z0-9]{1,12})?$")
 
 
@@ -56,6 +58,10 @@ class Feed(Protocol):
 
     async def stream(self, client: FeedClient) -> None:
         """Send the client its subscribed tickers' frames until cancelled."""
+
+    def minute_bars(self, ticker: str, dataset: str) -> list[dict[str, Any]]:
+        """The final state of each closed bar of ``ticker`` so far, oldest first, as the REST
+        endpoint serves them (the same market the WebSocket streams)."""
 
 
 async def load_feed(config: ServerConfig) -> Feed:
@@ -128,6 +134,17 @@ class SyntheticFeed:
             for text in self._texts(frames):
                 await client.send_bar(text)
             last = second
+
+    def minute_bars(self, ticker: str, dataset: str) -> list[dict[str, Any]]:
+        # The market of a 1-minute subscription to this dataset (any frequency, 1 s first).
+        keys = sorted(
+            (key for key in self._markets if key[0] == dataset and key[2] == REST_AGGREGATION),
+            key=lambda key: key[1] != DEFAULT_FREQUENCY,
+        )
+        if not keys:
+            return []
+        now_s = int(self.clock.unix_origin + self.clock.elapsed())
+        return self._markets[keys[0]].closed_bars(ticker, now_s)
 
     def _market(self, client: FeedClient) -> SyntheticMarket:
         key = (client.dataset, client.frequency, client.aggregation)
@@ -214,6 +231,12 @@ class RecordingFeed:
         self.period = self.offsets[-1] + 1.0
         times = [b["t"] for f in frames for b in f.bars if isinstance(b.get("t"), int)]
         self.shift = ((max(times) - min(times)) // 60 + 1) * 60 if times else 0
+        #: Per ticker, each bar's last recorded update and its offset, in bar order.
+        self.finals: dict[str, dict[int, tuple[float, dict[str, Any]]]] = {}
+        for frame in frames:
+            for bar in frame.bars:
+                if isinstance(bar.get("t"), int):
+                    self.finals.setdefault(bar["s"], {})[bar["t"]] = (frame.offset, bar)
 
     def describe(self) -> str:
         laps = "looping" if self.loop else "once"
@@ -243,6 +266,19 @@ class RecordingFeed:
                 if text is not None:
                     await client.send_bar(text)
                 index += 1
+
+    def minute_bars(self, ticker: str, dataset: str) -> list[dict[str, Any]]:
+        """The recording's bars aggregated to their last update, each once the server's
+        timeline has passed that update (each lap's bars shifted as streamed)."""
+        finals = self.finals.get(ticker, {})
+        elapsed = self.clock.elapsed()
+        laps = int(elapsed // self.period) + 1 if self.loop else 1
+        bars: list[dict[str, Any]] = []
+        for lap in range(laps):
+            for t, (offset, bar) in sorted(finals.items()):
+                if lap * self.period + offset <= elapsed:
+                    bars.append({**bar, "t": t + lap * self.shift})
+        return bars
 
     def _text(self, frame: RecordedFrame, tickers: dict[str, None], lap: int) -> str | None:
         bars = [bar for bar in frame.bars if bar["s"] in tickers]

@@ -55,6 +55,9 @@ class ServerLog:
     """Every client of one server, in connection order (tests read it)."""
 
     clients: list[ClientLog] = attrs.field(factory=list)
+    #: The REST endpoint's port (``rest_port``), once it listens; its answers by HTTP status.
+    rest_port: int | None = None
+    rest: dict[int, int] = attrs.field(factory=dict)
 
     def sent(self) -> list[str]:
         """Every frame sent to any client, connection after connection."""

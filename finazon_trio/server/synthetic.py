@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ _START_PRICES = {
 #: Trading seconds in a year, to turn an annual volatility into a per-second one.
 _STOCK_SECONDS_PER_YEAR = 252 * 6.5 * 3600
 _CRYPTO_SECONDS_PER_YEAR = 365 * 24 * 3600.0
+#: Closed bars each ticker keeps for :meth:`SyntheticMarket.closed_bars` (the REST endpoint):
+#: Finazon's reported depth of 1-minute history.
+HISTORY_BARS = 1000
 
 
 @attrs.define
@@ -65,6 +69,8 @@ class _Walk:
     price: float
     second: int = 0  # of the last update; meaningful once ``frame`` is set
     frame: Frame | None = None
+    #: The final state of each closed bar, oldest first (at most :data:`HISTORY_BARS`).
+    closed: deque[Frame] = attrs.field(factory=lambda: deque(maxlen=HISTORY_BARS))
 
 
 class SyntheticMarket:
@@ -72,8 +78,11 @@ class SyntheticMarket:
 
     Call :meth:`frames` (or :meth:`frame`) once per update interval with the current second;
     seconds must not go backwards for a ticker. Asking again for the same second returns the
-    same frame, so several clients of one server see the same market. A ticker containing ``/``
-    (``BTC/USDT``) is treated as crypto: finer price steps, fractional volume, 24 h volatility.
+    same frame, so several clients of one server see the same market. The market runs on while
+    nobody asks: a later second is reached update by update (one per ``frequency``), so every
+    bar in between has its final state, which :meth:`closed_bars` serves (the REST endpoint).
+    A ticker containing ``/`` (``BTC/USDT``) is treated as crypto: finer price steps,
+    fractional volume, 24 h volatility.
     """
 
     def __init__(
@@ -92,6 +101,8 @@ class SyntheticMarket:
         self.frequency = frequency
         self.aggregation = aggregation
         self._bar_s = bar_ms // 1000
+        step_ms = interval_ms(frequency)
+        self._step_s = max(1, (step_ms or 1000) // 1000)
         self._walks: dict[str, _Walk] = {}
 
     def frames(self, tickers: Iterable[str], now_s: int) -> list[Frame]:
@@ -112,12 +123,48 @@ class SyntheticMarket:
         elif now_s <= walk.second:
             assert walk.frame is not None
             return dict(walk.frame)
+        else:
+            self._catch_up(walk, ticker, now_s)
         return dict(self._advance(walk, ticker, now_s))
+
+    def closed_bars(self, ticker: str, now_s: int) -> list[Frame]:
+        """The final state of each of ``ticker``'s bars that closed before Unix second
+        ``now_s``, oldest first (at most :data:`HISTORY_BARS`; fresh dicts).
+
+        The market is first run on to the last update before ``now_s``'s bar, so a bar that
+        no client saw close is here too. A ticker never asked for has no history yet.
+        """
+        walk = self._walks.get(ticker)
+        if walk is None:
+            return []
+        last = now_s - now_s % self._bar_s - self._step_s  # the previous bar's last update
+        if last > walk.second:
+            self._catch_up(walk, ticker, last)
+            self._advance(walk, ticker, last)
+        bars = [dict(frame) for frame in walk.closed]
+        frame = walk.frame
+        if frame is not None and walk.second >= frame["t"] + self._bar_s - self._step_s:
+            bars.append(dict(frame))  # its last update is done: final, though no newer bar yet
+        return bars[-HISTORY_BARS:]
+
+    def _catch_up(self, walk: _Walk, ticker: str, now_s: int) -> None:
+        """Run the market on, one update per ``frequency``, to just before ``now_s`` (at most
+        :data:`HISTORY_BARS` bars back: older ones could not be served anyway)."""
+        step = self._step_s
+        second = walk.second + step
+        horizon = now_s - now_s % self._bar_s - HISTORY_BARS * self._bar_s
+        if second < horizon:
+            second = horizon
+        while second < now_s:
+            self._advance(walk, ticker, second)
+            second += step
 
     def _advance(self, walk: _Walk, ticker: str, now_s: int) -> Frame:
         previous = walk.frame
         elapsed = 1 if previous is None else now_s - walk.second
         bar_t = now_s - now_s % self._bar_s
+        if previous is not None and previous["t"] != bar_t:
+            walk.closed.append(previous)
         if previous is None or previous["t"] != bar_t:
             open_ = round(walk.price, walk.decimals) if previous is None else previous["c"]
             high = low = open_

@@ -1,7 +1,8 @@
 """The replay source: a recording's received frames, fed to the pipeline as the live run saw them.
 
-It emits the recording's ``Received`` frames and ``Lifecycle`` events in file order (so anything
-downstream that notices connection gaps sees them in a replay too) and skips the ``Sent`` frames.
+It emits the recording's ``Received`` frames, ``Lifecycle`` events and REST answers of live
+backfills (``RestResult``) in file order (so the transform detects and fills gaps as the live run
+did) and skips the ``Sent`` frames.
 Corrupt lines are logged with their line number, counted and skipped; the rest still replays.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from finazon_trio.events import Lifecycle, Received, SourceEvent
+from finazon_trio.events import Lifecycle, Received, RestResult, SourceEvent
 from finazon_trio.observe.metrics import SourceMetrics, SourceState
 from finazon_trio.recording import READ_CHUNK, Corrupt, RecordingHeader, iter_entries, read_header
 
@@ -63,7 +64,7 @@ async def replay_source(
                     if isinstance(entry, Corrupt):
                         _report(path, entry, metrics)
                         continue
-                    if not isinstance(entry, Received | Lifecycle):
+                    if not isinstance(entry, Received | Lifecycle | RestResult):
                         continue  # a Sent frame: what the client asked for, not data
                     if speed is not None:
                         if first_frame_ns is not None:

@@ -19,6 +19,16 @@ from finazon_trio.transform.interpolation import (
 )
 from finazon_trio.transform.state import BarUpdate
 
+#: The Kafka header that marks records not made from a live frame, and its value for minutes
+#: backfilled from REST (README, "Gaps and backfill").
+ORIGIN_HEADER = "origin"
+BACKFILL_ORIGIN = "backfill"
+
+
+def origin_headers(origin: str | None) -> Headers | None:
+    """The headers of records of this origin: none for live frames."""
+    return None if origin is None else [(ORIGIN_HEADER, origin.encode())]
+
 
 def expand(
     update: BarUpdate,

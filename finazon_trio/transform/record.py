@@ -63,9 +63,18 @@ class FramesRecord:
     f: str | None = None
     aggr: str | None = None
     f_ms: int | None = None
+    #: ``backfill`` for a minute backfilled from REST: the worker's records get the header
+    #: ``origin: backfill`` (README, "Gaps and backfill"); absent for live frames.
+    origin: str | None = None
 
 
-def encode(update: BarUpdate, e: int, interval_ms: int, subscription: Subscription) -> bytes:
+def encode(
+    update: BarUpdate,
+    e: int,
+    interval_ms: int,
+    subscription: Subscription,
+    origin: str | None = None,
+) -> bytes:
     """The record of one accepted bar update with event time ``e``. The bar's text fields that
     the frame lacks are filled in from ``subscription`` here, as the volume record would be, so
     that a worker needs no subscription of its own."""
@@ -94,12 +103,14 @@ def encode(update: BarUpdate, e: int, interval_ms: int, subscription: Subscripti
         _either(bar.frequency, sub.frequency),
         _either(bar.aggregation, sub.aggregation),
         bar.frequency_ms,
+        origin,
     )
     return encode_json(record)
 
 
-def decode(value: bytes | None) -> tuple[BarUpdate, int, int] | Reject:
-    """``(update, e, interval_ms)`` from a record, or a :data:`BAD_RECORD` reject saying why."""
+def decode(value: bytes | None) -> tuple[BarUpdate, int, int, str | None] | Reject:
+    """``(update, e, interval_ms, origin)`` from a record, or a :data:`BAD_RECORD` reject
+    saying why."""
     text = (value or b"").decode(errors="replace")
     try:
         obj = orjson.loads(value or b"")
@@ -117,7 +128,7 @@ def decode(value: bytes | None) -> tuple[BarUpdate, int, int] | Reject:
         return Reject(BAD_RECORD, str(exc), text)
     bar = Bar(r.s, r.t, r.o, r.h, r.l, r.c, r.v, r.raw, r.d, r.p, r.ch, r.f, r.aggr, r.f_ms)
     update = BarUpdate(bar, r.new_bar, r.start, r.volume_delta, r.prior_high, r.prior_low)
-    return update, r.e, r.interval_ms
+    return update, r.e, r.interval_ms, r.origin
 
 
 def _either(value: str | None, fallback: str) -> str:

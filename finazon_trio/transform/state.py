@@ -45,6 +45,11 @@ class BarStates:
     def __init__(self) -> None:
         self._bars: dict[str, _State] = {}
 
+    def bar_time(self, symbol: str) -> int | None:
+        """When ``symbol``'s current bar opened (Unix seconds); None before its first bar."""
+        state = self._bars.get(symbol)
+        return None if state is None else state.bar_time
+
     def advance(self, bar: Bar) -> BarUpdate | Reject:
         """Apply ``bar``; a bar older than its symbol's current one is a ``stale`` reject."""
         state = self._bars.get(bar.symbol)

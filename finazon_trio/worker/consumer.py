@@ -38,7 +38,7 @@ from finazon_trio.observe.metrics import latency_bucket
 from finazon_trio.observe.ratelog import RateLimitedLog
 from finazon_trio.settings import Subscription
 from finazon_trio.sink.admin import librdkafka_logger, reason
-from finazon_trio.transform.expand import expand
+from finazon_trio.transform.expand import expand, origin_headers
 from finazon_trio.transform.frames import Reject
 from finazon_trio.transform.record import decode
 from finazon_trio.worker.clients import FENCED, REFUSED, WorkerFenced, client_configs
@@ -157,8 +157,8 @@ class ExpandLoop:
         if isinstance(decoded, Reject):
             self._bad_record(decoded, key, message)
             return True
-        update, e, interval_ms = decoded
-        out = expand(update, e, interval_ms, self._output, _SUBSCRIPTION)
+        update, e, interval_ms, origin = decoded
+        out = expand(update, e, interval_ms, self._output, _SUBSCRIPTION, origin_headers(origin))
         produce = self._produce
         for topic, k, value, timestamp, headers in out:
             while True:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from finazon_trio.events import Message
 from finazon_trio.observe.metrics import TransformMetrics
 from finazon_trio.settings import Output, Subscription
-from finazon_trio.transform.expand import expand
+from finazon_trio.transform.expand import BACKFILL_ORIGIN, expand, origin_headers
 from finazon_trio.transform.frames import Bar, Reject, parse_frame
 from finazon_trio.transform.record import (
     BAD_RECORD,
@@ -24,6 +24,7 @@ from finazon_trio.transform.record import (
 from finazon_trio.transform.stage import Transformer
 from finazon_trio.transform.state import BarStates
 
+from ..helpers.frames import text as bar_text
 from ..helpers.strategies import SETTINGS, frame_texts, valid_bars
 
 SUBSCRIPTIONS = st.sampled_from(
@@ -37,10 +38,10 @@ def worker_output(records: list[Message], output: Output) -> list[Message]:
     for _topic, key, value, timestamp, _headers in records:
         decoded = decode(value)
         assert not isinstance(decoded, Reject), decoded
-        update, e, interval = decoded
+        update, e, interval, origin = decoded
         assert e == timestamp
         assert key == update.bar.symbol.encode()
-        out += expand(update, e, interval, output, Subscription())
+        out += expand(update, e, interval, output, Subscription(), origin_headers(origin))
     return out
 
 
@@ -83,8 +84,8 @@ def test_the_record_round_trips_exactly(
         return
     decoded = decode(encode(update, e, 1000, Subscription()))
     assert not isinstance(decoded, Reject)
-    got, got_e, interval = decoded
-    assert (got_e, interval) == (e, 1000)
+    got, got_e, interval, origin = decoded
+    assert (got_e, interval, origin) == (e, 1000, None)
     assert got.bar.raw == update.bar.raw
     assert attrs_without_texts(got) == attrs_without_texts(update)
     assert type(got.bar.volume) is type(update.bar.volume)
@@ -115,3 +116,23 @@ def test_anything_else_is_a_bad_record_saying_why(value: bytes | None, detail: s
     assert reject.reason == BAD_RECORD
     assert detail in reject.detail
     assert FRAMES_RECORD_VERSION == 1
+
+
+def test_a_backfilled_minute_keeps_its_origin_through_the_record() -> None:
+    """The worker marks a backfilled minute's records as the single process does."""
+    states = BarStates()
+    parsed = parse_frame(bar_text())[0]
+    assert isinstance(parsed, Bar)
+    update = states.advance(parsed)
+    assert not isinstance(update, Reject)
+    e = parsed.bar_time * 1000 + 60_000
+    record = encode(update, e, 60_000, Subscription(), BACKFILL_ORIGIN)
+    decoded = decode(record)
+    assert not isinstance(decoded, Reject)
+    got, got_e, interval, origin = decoded
+    assert origin == BACKFILL_ORIGIN
+    headers = origin_headers(origin)
+    assert headers == [("origin", b"backfill")]
+    single = expand(update, e, 60_000, Output(), Subscription(), headers)
+    assert expand(got, got_e, interval, Output(), Subscription(), headers) == single
+    assert all(message[4] == headers for message in single)
