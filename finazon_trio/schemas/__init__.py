@@ -21,7 +21,7 @@ import jsonschema
 from finazon_trio.errors import FinazonTrioError
 
 #: Every schema the package ships, in the order ``finazon-trio schema`` lists them.
-NAMES = ("price-tick", "volume-stream", "volume-stream-raw", "dead-letter", "gap")
+NAMES = ("price-tick", "volume-stream", "volume-stream-raw", "dead-letter", "gap", "frames")
 
 
 class UnknownSchemaError(FinazonTrioError):

@@ -55,13 +55,15 @@ def schema_for(topic: str) -> str | None:
     """The declared schema of ``topic``'s records, by the words of its name (without
     :func:`unique_topic`'s suffix): ``price_ticks``, ``cli-ticks``: ``price-tick``;
     ``volume_stream``, ``e2e-volume``: ``volume-stream``; ``e2e-raw-volume``:
-    ``volume-stream-raw``; ``e2e-dead``: ``dead-letter``; ``stream_gaps``: ``gap``; None for
-    any other name."""
+    ``volume-stream-raw``; ``e2e-dead``: ``dead-letter``; ``stream_gaps``: ``gap``;
+    ``finazon_frames``: ``frames``; None for any other name."""
     words = set(re.split(r"[-_.]", _UNIQUE_SUFFIX.sub("", topic)))
     if "dead" in words:
         return "dead-letter"
     if "gaps" in words or "gap" in words:
         return "gap"
+    if "frames" in words:
+        return "frames"
     if "volume" in words:
         return "volume-stream-raw" if "raw" in words else "volume-stream"
     if "ticks" in words:

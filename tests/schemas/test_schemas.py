@@ -7,8 +7,18 @@ import orjson
 import pytest
 
 from finazon_trio import schemas
+from finazon_trio.events import Received
+from finazon_trio.observe.metrics import TransformMetrics
+from finazon_trio.recording import iter_entries
+from finazon_trio.settings import Output, Subscription
 from finazon_trio.transform.expand import tick_values
-from finazon_trio.transform.frames import REASONS, parse_frame
+from finazon_trio.transform.frames import REASONS, Reject, parse_frame
+from finazon_trio.transform.record import BAD_RECORD, encode
+from finazon_trio.transform.stage import Transformer
+from finazon_trio.transform.state import BarStates
+
+from ..helpers.frames import text as bar_text
+from ..helpers.paths import SAMPLE
 
 
 def test_every_schema_is_a_valid_json_schema_with_a_title() -> None:
@@ -26,7 +36,7 @@ def test_an_unknown_name_is_a_clear_error() -> None:
 
 def test_the_dead_letter_reasons_are_the_transforms() -> None:
     headers = schemas.load("dead-letter")["properties"]["headers"]
-    assert headers["properties"]["reason"]["enum"] == list(REASONS)
+    assert headers["properties"]["reason"]["enum"] == [*REASONS, BAD_RECORD]
 
 
 def test_a_tick_fits_and_anything_else_does_not() -> None:
@@ -67,3 +77,31 @@ def test_a_gap_record() -> None:
     schemas.validate("gap", gap | {"reason": "x", "dataset": "d", "detected_at": 1})
     with pytest.raises(jsonschema.ValidationError):
         schemas.validate("gap", gap)  # no reason
+
+
+def test_every_frames_record_of_the_sample_fits_its_schema() -> None:
+    """What the ingest role publishes for a whole recording, backfilled minutes included."""
+    output = Output(frames_topic="finazon_frames", dead_letter_topic="dead")
+    transformer = Transformer(output, Subscription(), TransformMetrics())
+    records = [
+        message
+        for event in iter_entries(SAMPLE)
+        if isinstance(event, Received)
+        for message in transformer.on_frame(event.t_ns, event.text)
+        if message[0] == "finazon_frames"
+    ]
+    assert len(records) > 1000
+    for _topic, key, value, _timestamp, _headers in records:
+        schemas.validate_record("frames", key, value)
+    update = BarStates().advance(parse_frame(bar_text())[0])  # type: ignore[arg-type]
+    assert not isinstance(update, Reject)
+    schemas.validate_record(
+        "frames", b"AAPL", encode(update, 1, 60_000, Subscription(), "backfill")
+    )
+    for bad in (
+        {"version": 2},
+        {**orjson.loads(value), "origin": "live"},
+        {**orjson.loads(value), "x": 1},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            schemas.validate_record("frames", b"AAPL", orjson.dumps(bad))
