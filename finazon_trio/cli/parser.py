@@ -116,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="commit the open transaction this often",
     )
-    _add_output_options(expand)
-    expand.set_defaults(handler=commands.expand)
+    _add_output_options(expand, worker=True)
+    expand.set_defaults(handler=commands.expand, gaps_topic=_OUTPUT.gaps_topic)
 
     again = subcommands.add_parser(
         "republish", help="publish undelivered messages (failed-messages files, spool dirs)"
     )
     again.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="published in order")
-    _add_kafka_options(again)
+    _add_kafka_options(again, topics=False)
     again.set_defaults(handler=commands.republish)
 
     srv = subcommands.add_parser("serve", help="a Finazon-compatible WebSocket server")
@@ -234,14 +234,17 @@ def _add_frames_topic(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_output_options(parser: argparse.ArgumentParser) -> None:
+def _add_output_options(parser: argparse.ArgumentParser, *, worker: bool = False) -> None:
+    """The output and Kafka options of ``live`` and ``replay``; a ``worker`` (``expand``)
+    publishes no gap records and keeps no spool or failed-messages file."""
     out = parser.add_argument_group("output")
     out.add_argument("--price-ticks-topic", default=_OUTPUT.price_ticks_topic)
     out.add_argument("--volume-stream-topic", default=_OUTPUT.volume_stream_topic)
     out.add_argument("--dead-letter-topic", help="publish rejected frames here")
-    out.add_argument(
-        "--gaps-topic", default=_OUTPUT.gaps_topic, help="what a disconnect missed, unfilled"
-    )
+    if not worker:
+        out.add_argument(
+            "--gaps-topic", default=_OUTPUT.gaps_topic, help="what a disconnect missed, unfilled"
+        )
     out.add_argument("--points", type=int, default=_OUTPUT.points, help="price ticks per frame")
     out.add_argument("--path", choices=get_args(PathMode), default=_OUTPUT.path)
     out.add_argument(
@@ -256,7 +259,7 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus metrics on this port"
     )
-    _add_kafka_options(parser)
+    _add_kafka_options(parser, producer_files=not worker)
 
 
 def _add_kafka_connection(kafka: argparse._ArgumentGroup) -> None:
@@ -282,17 +285,32 @@ def _add_kafka_connection(kafka: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_kafka_options(parser: argparse.ArgumentParser) -> None:
+def _add_kafka_options(
+    parser: argparse.ArgumentParser, *, topics: bool = True, producer_files: bool = True
+) -> None:
+    """The Kafka options: the connection; with ``topics`` how topics are created; with
+    ``producer_files`` the flush deadline, the spool and the failed-messages file. What a
+    command leaves out gets its default in the namespace, so the settings build alike."""
     kafka = parser.add_argument_group("kafka")
     _add_kafka_connection(kafka)
-    kafka.add_argument(
-        "--partitions",
-        type=int,
-        help=f"for topics it creates (default {_KAFKA.partitions}, the frames topic "
-        f"{DEFAULT_FRAMES_PARTITIONS})",
-    )
-    kafka.add_argument("--replication-factor", type=int, default=_KAFKA.replication_factor)
-    kafka.add_argument("--no-create-topics", dest="create_topics", action="store_false")
+    if topics:
+        kafka.add_argument(
+            "--partitions",
+            type=int,
+            help=f"for topics it creates (default {_KAFKA.partitions}, the frames topic "
+            f"{DEFAULT_FRAMES_PARTITIONS})",
+        )
+        kafka.add_argument("--replication-factor", type=int, default=_KAFKA.replication_factor)
+        kafka.add_argument("--no-create-topics", dest="create_topics", action="store_false")
+    else:
+        parser.set_defaults(
+            partitions=None, replication_factor=_KAFKA.replication_factor, create_topics=False
+        )
+    if not producer_files:
+        parser.set_defaults(
+            flush_timeout=_KAFKA.flush_timeout, spool_dir=None, failed_path=None, spool_sync=False
+        )
+        return
     kafka.add_argument(
         "--flush-timeout", type=float, default=_KAFKA.flush_timeout, metavar="SECONDS"
     )
