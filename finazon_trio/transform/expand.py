@@ -79,11 +79,11 @@ def volume_value(update: BarUpdate, e: int, output: Output, subscription: Subscr
     sub = subscription
     return orjson.dumps(
         {
-            "data_source": _either(bar.data_source, sub.dataset),
-            "provider": _either(bar.provider, sub.provider),
-            "channel": _either(bar.channel, sub.channel),
-            "frequency": _either(bar.frequency, sub.frequency),
-            "aggregation": _either(bar.aggregation, sub.aggregation),
+            "data_source": either(bar.data_source, sub.dataset),
+            "provider": either(bar.provider, sub.provider),
+            "channel": either(bar.channel, sub.channel),
+            "frequency": either(bar.frequency, sub.frequency),
+            "aggregation": either(bar.aggregation, sub.aggregation),
             "symbol": bar.symbol,
             "timestamp": e,
             "bar_time": bar.bar_time,
@@ -117,5 +117,6 @@ def tick_values(symbol: str, times: list[int], prices: list[float]) -> list[byte
     return (head + b"".join(parts)).split(b"\0")
 
 
-def _either(value: str | None, fallback: str) -> str:
+def either(value: str | None, fallback: str) -> str:
+    """A bar's own label (``d``, ``p``, ``ch``, ``f``, ``aggr``), else the subscription's."""
     return fallback if value is None else value

@@ -21,6 +21,7 @@ import orjson
 from finazon_trio.codec import DecodeError, structure
 from finazon_trio.codec import encode as encode_json
 from finazon_trio.settings import Subscription
+from finazon_trio.transform.expand import either
 from finazon_trio.transform.frames import Bar, Reject
 from finazon_trio.transform.state import BarUpdate
 
@@ -97,11 +98,11 @@ def encode(
         update.volume_delta,
         update.prior_high,
         update.prior_low,
-        _either(bar.data_source, sub.dataset),
-        _either(bar.provider, sub.provider),
-        _either(bar.channel, sub.channel),
-        _either(bar.frequency, sub.frequency),
-        _either(bar.aggregation, sub.aggregation),
+        either(bar.data_source, sub.dataset),
+        either(bar.provider, sub.provider),
+        either(bar.channel, sub.channel),
+        either(bar.frequency, sub.frequency),
+        either(bar.aggregation, sub.aggregation),
         bar.frequency_ms,
         origin,
     )
@@ -129,7 +130,3 @@ def decode(value: bytes | None) -> tuple[BarUpdate, int, int, str | None] | Reje
     bar = Bar(r.s, r.t, r.o, r.h, r.l, r.c, r.v, r.raw, r.d, r.p, r.ch, r.f, r.aggr, r.f_ms)
     update = BarUpdate(bar, r.new_bar, r.start, r.volume_delta, r.prior_high, r.prior_low)
     return update, r.e, r.interval_ms, r.origin
-
-
-def _either(value: str | None, fallback: str) -> str:
-    return fallback if value is None else value
