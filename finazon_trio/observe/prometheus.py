@@ -153,7 +153,7 @@ class SnapshotCollector(Collector):
 def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     """Every family, named by Prometheus conventions; missing fields read as zero."""
     src, tr, pub = part(snap, "source"), part(snap, "transform"), part(snap, "publisher")
-    yield _gauge(
+    yield gauge(
         "run_info",
         "What this run reads and where it writes (value 1).",
         1,
@@ -169,7 +169,7 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     for name in dict.fromkeys((*STATES, state)):
         states.add_metric([name], 1 if name == state else 0)
     yield states
-    yield from _counters(
+    yield from counters(
         src,
         frames="frames_received|WebSocket text frames received (or replayed).",
         connects="connects|Connections established.",
@@ -179,38 +179,36 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         lines_read="replay_lines_read|Recording lines read.",
         corrupt_lines="replay_corrupt_lines|Recording lines skipped as corrupt.",
     )
-    yield _labelled(
+    yield labelled(
         CounterMetricFamily,
         "connection_frames",
         "Text frames received on each connection slot (--connections).",
         "slot",
         src.get("slot_frames") or {},
     )
-    yield _gauge(
-        "replay_lines", "Lines in the recording being replayed.", src.get("lines_total", 0)
-    )
-    yield _gauge(
+    yield gauge("replay_lines", "Lines in the recording being replayed.", src.get("lines_total", 0))
+    yield gauge(
         "subscribed_tickers", "Tickers the server acknowledged.", len(src.get("subscribed") or ())
     )
-    yield _labelled(
+    yield labelled(
         CounterMetricFamily,
         "ticker_errors",
         "Per-ticker errors from the server.",
         "symbol",
         src.get("ticker_errors") or {},
     )
-    yield _gauge(
+    yield gauge(
         "last_frame_timestamp_seconds",
         "When the last frame arrived (Unix time).",
         src.get("last_message_ns", 0) / 1e9,
     )
     if src.get("next_attempt_at"):
-        yield _gauge(
+        yield gauge(
             "next_connect_attempt_timestamp_seconds",
             "When the next connection attempt is due while backing off.",
             src["next_attempt_at"],
         )
-    yield from _counters(
+    yield from counters(
         tr,
         bars="bars|Bar updates turned into messages.",
         protocol_messages="protocol_messages|Acknowledgements, heartbeats, other non-bar frames.",
@@ -223,36 +221,36 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
         gap_minutes="gap_minutes|Minutes covered by the gap records.",
         rest_rejects="rest_rejects|REST answers' bars (or bodies) rejected as invalid.",
     )
-    yield _gauge(
+    yield gauge(
         "backfilling", "Backfills in flight (their symbols wait).", tr.get("backfilling", 0)
     )
-    yield from _counters(
+    yield from counters(
         src,
         rest_calls="rest_calls|REST calls made for backfills.",
         rest_rate_limited="rest_rate_limited|REST calls answered 429.",
     )
-    yield _labelled(
+    yield labelled(
         CounterMetricFamily,
         "rejects",
         "Frames rejected, by reason.",
         "reason",
         tr.get("rejects") or {},
     )
-    yield _gauge(
+    yield gauge(
         "last_event_timestamp_seconds",
         "Event time of the last frame transformed.",
         tr.get("last_event_ms", 0) / 1000,
     )
     yield from _kafka(pub)
     fill = part(part(snap, "channels"), "fill")
-    yield _labelled(
+    yield labelled(
         GaugeMetricFamily,
         "channel_buffer_used",
         "Items waiting in each channel.",
         "channel",
         {name: used for name, (used, _size) in fill.items()},
     )
-    yield _labelled(
+    yield labelled(
         GaugeMetricFamily,
         "channel_buffer_capacity",
         "Each channel's buffer size.",
@@ -263,33 +261,33 @@ def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
 
 
 def _kafka(pub: Mapping[str, Any]) -> Iterator[Metric]:
-    yield from _counters(
+    yield from counters(
         pub,
         produced="messages_produced|Messages handed to the Kafka producer.",
         delivered="messages_delivered|Messages Kafka acknowledged.",
         failed="messages_failed|Messages that failed delivery.",
         backpressure_waits="backpressure_waits|Times the producer queue was full.",
     )
-    yield _gauge("messages_queued", "Produced, neither delivered nor failed yet.", queued(pub))
+    yield gauge("messages_queued", "Produced, neither delivered nor failed yet.", queued(pub))
     if "backlog" in pub:
-        yield _gauge("backlog_messages", "Messages waiting on disk for Kafka.", pub["backlog"])
-    yield _histogram(
+        yield gauge("backlog_messages", "Messages waiting on disk for Kafka.", pub["backlog"])
+    yield histogram(
         "delivery_latency_seconds",
         "From producing a frame's last record to Kafka acknowledging it.",
         pub.get("ack_latency") or (),
     )
-    yield _histogram(
+    yield histogram(
         "receipt_to_ack_latency_seconds",
         "From receiving a frame to Kafka acknowledging its records (live mode).",
         pub.get("receipt_latency") or (),
     )
 
 
-def _histogram(name: str, help_text: str, counts: Sequence[int]) -> HistogramMetricFamily:
-    """A histogram of the publisher's (counts per ``LATENCY_BUCKETS_MS``, the last bucket also
-    holding anything slower) at every fourth bound: 1 ms, 2 ms, 4 ms... 32.8 s.
+def histogram(name: str, help_text: str, counts: Sequence[int]) -> HistogramMetricFamily:
+    """A latency histogram kept as counts per ``LATENCY_BUCKETS_MS`` (the last bucket also
+    holding anything slower), exported at every fourth bound: 1 ms, 2 ms, 4 ms... 32.8 s.
 
-    The publisher keeps no sum, so the family has buckets only (no ``_sum``, ``_count``).
+    No sum is kept, so the family has buckets only (no ``_sum``, ``_count``).
     """
     inner = LATENCY_BUCKETS_MS[:-1]
     counts = counts if len(counts) == len(LATENCY_BUCKETS_MS) else [0] * len(LATENCY_BUCKETS_MS)
@@ -317,25 +315,28 @@ def _tickers(rows: Mapping[str, TickerRow]) -> Iterator[Metric]:
     yield from (price, updates, ticks, seen)
 
 
-def _counters(part: Mapping[str, Any], **fields: str) -> Iterator[Metric]:
+def counters(part: Mapping[str, Any], **fields: str) -> Iterator[Metric]:
+    """A counter per field of ``part``: ``field="name|help text"``."""
     for field, spec in fields.items():
         name, _, help_text = spec.partition("|")
         yield CounterMetricFamily(PREFIX + name, help_text, value=part.get(field, 0))
 
 
-def _gauge(name: str, help_text: str, value: float, **labels: str) -> GaugeMetricFamily:
+def gauge(name: str, help_text: str, value: float, **labels: str) -> GaugeMetricFamily:
+    """One gauge ``PREFIX + name``, with these labels."""
     family = GaugeMetricFamily(PREFIX + name, help_text, labels=list(labels))
     family.add_metric(list(labels.values()), value)
     return family
 
 
-def _labelled(
+def labelled(
     kind: type[CounterMetricFamily] | type[GaugeMetricFamily],
     name: str,
     help_text: str,
     label: str,
     values: Mapping[str, float],
 ) -> Metric:
+    """One family ``PREFIX + name`` with a sample per ``label`` value, sorted."""
     family = kind(PREFIX + name, help_text, labels=[label])
     for key, value in sorted(values.items()):
         family.add_metric([str(key)], value)

@@ -43,7 +43,7 @@ from finazon_trio.transform.frames import Reject
 from finazon_trio.transform.record import decode
 from finazon_trio.worker.clients import FENCED, REFUSED, WorkerFenced, client_configs
 from finazon_trio.worker.config import WorkerSettings
-from finazon_trio.worker.metrics import WorkerMetrics
+from finazon_trio.worker.metrics import WorkerMetrics, WorkerState
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class ExpandLoop:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            self.metrics.state = "running"
+            self.metrics.state = WorkerState.RUNNING
             while not self.stop.is_set():
                 batch = consumer.consume(BATCH, POLL_TIMEOUT)
                 self._check_fatal()
@@ -112,7 +112,7 @@ class ExpandLoop:
                 elif self._in_txn and time.monotonic() - self._txn_started >= self._interval:
                     self._commit()
                 producer.poll(0)
-            self.metrics.state = "stopping"
+            self.metrics.state = WorkerState.STOPPING
             if self._in_txn:
                 self._commit()
         finally:
@@ -132,7 +132,7 @@ class ExpandLoop:
             self._consumer.close()  # a dynamic member leaves the group; on_revoke commits nothing
         except (KafkaException, RuntimeError) as exc:
             logger.debug("closing the consumer: %s", exc)
-        self.metrics.state = "fenced" if self._is_fenced() else "stopped"
+        self.metrics.state = WorkerState.FENCED if self._is_fenced() else WorkerState.STOPPED
 
     # --- one record -------------------------------------------------------------------------
 

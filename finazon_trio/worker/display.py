@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS
-from finazon_trio.observe.prometheus import PREFIX
+from finazon_trio.observe.prometheus import counters, gauge, histogram, labelled
 from finazon_trio.observe.stats import latency_quantiles
 
 #: The counters whose per-second rates are shown.
@@ -74,39 +74,43 @@ def render(snap: Mapping[str, Any], rates: Mapping[str, float], now: float | Non
 
 def families(snap: Mapping[str, Any]) -> Iterator[Metric]:
     """The worker's metrics for ``--metrics-port``."""
-    lag = GaugeMetricFamily(
-        PREFIX + "worker_lag_records",
+    lag = {str(partition): value for partition, value in snap["lag"].items()}
+    yield labelled(
+        GaugeMetricFamily,
+        "worker_lag_records",
         "Frames records behind the last stable offset, per assigned partition",
-        labels=["partition"],
+        "partition",
+        lag,
     )
-    for partition, value in sorted(snap["lag"].items()):
-        lag.add_metric([str(partition)], value)
-    yield lag
-    yield GaugeMetricFamily(
-        PREFIX + "worker_lag_total_records", "Total lag of the worker", value=snap["total_lag"]
-    )
-    yield GaugeMetricFamily(
-        PREFIX + "worker_assigned_partitions",
+    yield gauge("worker_lag_total_records", "Total lag of the worker", snap["total_lag"])
+    yield gauge(
+        "worker_assigned_partitions",
         "Partitions of the frames topic assigned to this worker",
-        value=len(snap["partitions"]),
+        len(snap["partitions"]),
     )
-    for name, help_text in (
-        ("records", "Frames records expanded"),
-        ("messages", "Messages produced (ticks and volume records)"),
-        ("committed", "Transactions committed"),
-        ("aborted", "Transactions aborted"),
-        ("dead_letters", "Bad records sent to the dead-letter topic"),
-        ("rebalances", "Rebalance callbacks (assign, revoke, lost)"),
-    ):
-        yield CounterMetricFamily(PREFIX + f"worker_{name}", help_text, value=snap[name])
-    bad = CounterMetricFamily(
-        PREFIX + "worker_bad_records", "Records that are not frames records", labels=["reason"]
+    yield from counters(
+        snap,
+        records="worker_records|Frames records expanded",
+        messages="worker_messages|Messages produced (ticks and volume records)",
+        committed="worker_committed|Transactions committed",
+        aborted="worker_aborted|Transactions aborted",
+        dead_letters="worker_dead_letters|Bad records sent to the dead-letter topic",
+        rebalances="worker_rebalances|Rebalance callbacks (assign, revoke, lost)",
     )
-    for reason, count in sorted(snap["bad_records"].items()):
-        bad.add_metric([reason], count)
-    yield bad
-    yield GaugeMetricFamily(
-        PREFIX + "worker_last_commit_seconds",
+    yield labelled(
+        CounterMetricFamily,
+        "worker_bad_records",
+        "Records that are not frames records",
+        "reason",
+        snap["bad_records"],
+    )
+    yield gauge(
+        "worker_last_commit_seconds",
         "Duration of the last send_offsets + commit",
-        value=snap["last_commit_ms"] / 1000,
+        snap["last_commit_ms"] / 1000,
+    )
+    yield histogram(
+        "worker_commit_latency_seconds",
+        "Duration of send_offsets + commit, per transaction",
+        snap["commit_latency"],
     )

@@ -6,6 +6,7 @@ to the integers, so a snapshot taken from another thread is consistent enough fo
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import Counter
 from typing import Any
@@ -13,6 +14,17 @@ from typing import Any
 import attrs
 
 from finazon_trio.observe.metrics import LATENCY_BUCKETS_MS
+
+
+class WorkerState(enum.StrEnum):
+    """What a worker is doing."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    #: Replaced by a worker with the same id: its transactions are refused for good.
+    FENCED = "fenced"
 
 
 @attrs.define
@@ -36,18 +48,14 @@ class WorkerMetrics:
     #: :data:`LATENCY_BUCKETS_MS`, and the last one in ms.
     commit_latency: list[int] = attrs.field(factory=lambda: [0] * len(LATENCY_BUCKETS_MS))
     last_commit_ms: float = 0.0
-    #: "starting", "running", "stopping", "stopped", "fenced".
-    state: str = "starting"
+    state: WorkerState = WorkerState.STARTING
     started_at: float = attrs.field(factory=time.time)
-
-    @property
-    def total_lag(self) -> int:
-        return sum(v for v in self.lag.values() if v > 0)
 
     def snapshot(self) -> dict[str, Any]:
         snap = attrs.asdict(self, recurse=False)
         snap["bad_records"] = dict(self.bad_records)
         snap["lag"] = dict(self.lag)
         snap["commit_latency"] = list(self.commit_latency)
+        # From the copy: the loop thread may replace ``lag`` meanwhile.
         snap["total_lag"] = sum(v for v in snap["lag"].values() if v > 0)
         return snap

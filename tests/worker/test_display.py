@@ -47,3 +47,4 @@ def test_the_metrics_name_the_lag_per_partition_and_in_total() -> None:
     assert "finazon_trio_worker_lag_total_records 120.0" in text
     assert "finazon_trio_worker_committed_total 4.0" in text
     assert 'finazon_trio_worker_bad_records_total{reason="bad_frames_record"} 2.0' in text
+    assert 'finazon_trio_worker_commit_latency_seconds_bucket{le="+Inf"} 4.0' in text
