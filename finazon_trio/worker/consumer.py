@@ -23,11 +23,12 @@ that fails, aborted), the consumer closed (leaving the group unless a static mem
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import confluent_kafka
@@ -236,7 +237,8 @@ class ExpandLoop:
 
     def _abort(self) -> None:
         self._in_txn = False
-        self._producer.abort_transaction(TXN_TIMEOUT)
+        with self._watched("abort_transaction"):
+            self._producer.abort_transaction(TXN_TIMEOUT)
         self.metrics.aborted += 1
 
     def _call(self, method: Callable[..., object], *args: Any) -> bool:
@@ -244,8 +246,8 @@ class ExpandLoop:
         was aborted instead (a rewind is then pending)."""
         while True:
             try:
-                self.in_call = (getattr(method, "__name__", "?"), time.monotonic())
-                method(*args)
+                with self._watched(getattr(method, "__name__", "?")):
+                    method(*args)
                 return True
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
@@ -255,8 +257,16 @@ class ExpandLoop:
                     logger.info("retrying %s: %s", getattr(method, "__name__", method), reason(exc))
                     continue
                 return self._failed(exc)
-            finally:
-                self.in_call = None
+
+    @contextlib.contextmanager
+    def _watched(self, name: str) -> Iterator[None]:
+        """Mark a blocking Kafka call in flight, for :meth:`stuck` (librdkafka can wait for
+        good inside a transactional call after the broker restarts)."""
+        self.in_call = (name, time.monotonic())
+        try:
+            yield
+        finally:
+            self.in_call = None
 
     def stuck(self) -> str | None:
         """What the loop is stuck in, if a transactional call has not returned for
@@ -361,28 +371,32 @@ class ExpandLoop:
         was frozen or cut off past the session timeout): ask the transaction coordinator, with
         a transaction that is aborted, before rejoining, so that a replaced worker stops here
         instead of taking the partitions back from its successor."""
-        producer = self._producer
         try:
-            offsets = [
-                tp
-                for tp in consumer.committed(partitions, timeout=TXN_TIMEOUT)
-                if tp.offset is not None and tp.offset >= 0
-            ]
-            if not offsets:
-                return
-            producer.begin_transaction()
-            try:
-                producer.send_offsets_to_transaction(
-                    offsets, consumer.consumer_group_metadata(), TXN_TIMEOUT
-                )
-            finally:
-                producer.abort_transaction(TXN_TIMEOUT)
+            with self._watched("the fencing probe after lost partitions"):
+                self._probe(consumer, partitions)
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, confluent_kafka.KafkaError) and error.fatal():
                 self._fatal = error
                 self._check_fatal()
             logger.info("after losing partitions: %s", reason(exc))
+
+    def _probe(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        offsets = [
+            tp
+            for tp in consumer.committed(partitions, timeout=TXN_TIMEOUT)
+            if tp.offset is not None and tp.offset >= 0
+        ]
+        if not offsets:
+            return
+        producer = self._producer
+        producer.begin_transaction()
+        try:
+            producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), TXN_TIMEOUT
+            )
+        finally:
+            producer.abort_transaction(TXN_TIMEOUT)
 
     def _set_assignment(
         self,
