@@ -68,6 +68,10 @@ class RestClient:
         self._transport = transport
         self._jitter = jitter
         self._budget = RateLimiter(settings.calls_per_minute, 60.0)
+        #: Set once the last submitted request has had its first turn at the budget: requests
+        #: take the budget in the order they were submitted (new tasks start in any order).
+        self._last_turn = trio.Event()
+        self._last_turn.set()
         self._nursery: trio.Nursery | None = None
         self._send: trio.MemorySendChannel[SourceEvent] | None = None
         self._client: httpx.AsyncClient | None = None
@@ -101,14 +105,21 @@ class RestClient:
     def submit(self, request: BackfillRequest) -> None:
         """Start fetching ``request`` (never blocks); ignored once the client has stopped."""
         if self._nursery is not None:
-            self._nursery.start_soon(self._backfill, request)
+            previous, self._last_turn = self._last_turn, trio.Event()
+            self._nursery.start_soon(self._backfill, request, previous, self._last_turn)
 
-    async def _backfill(self, request: BackfillRequest) -> None:
+    async def _backfill(
+        self, request: BackfillRequest, previous: trio.Event, turn: trio.Event
+    ) -> None:
         exchanges: list[HttpExchange] = []
-        waiting = [False]  # for the budget or after a 429, rather than in a call
+        waiting = [True]  # for the budget or after a 429, rather than in a call
         error = ""
         with trio.move_on_after(self._settings.timeout) as scope:
-            await self._fetch(request, exchanges, waiting)
+            try:
+                await previous.wait()
+                await self._fetch(request, exchanges, waiting, turn)
+            finally:
+                turn.set()
         if scope.cancelled_caught:
             error = RATE_LIMITED if waiting[0] else TIMEOUT
             logger.warning(
@@ -126,7 +137,11 @@ class RestClient:
         await self._send.send(result)
 
     async def _fetch(
-        self, request: BackfillRequest, exchanges: list[HttpExchange], waiting: list[bool]
+        self,
+        request: BackfillRequest,
+        exchanges: list[HttpExchange],
+        waiting: list[bool],
+        turn: trio.Event,
     ) -> None:
         size = PAGE_SIZE  # one page covers any range asked (at most MAX_HISTORY_BARS)
         for page in range(MAX_PAGES):
@@ -139,12 +154,16 @@ class RestClient:
                 "page_size": str(size),
                 "page": str(page),
             }
-            exchange = await self._call(params, exchanges, waiting)
+            exchange = await self._call(params, exchanges, waiting, turn)
             if exchange.status != 200 or _count(exchange.body) < size:
                 return
 
     async def _call(
-        self, params: dict[str, str], exchanges: list[HttpExchange], waiting: list[bool]
+        self,
+        params: dict[str, str],
+        exchanges: list[HttpExchange],
+        waiting: list[bool],
+        turn: trio.Event,
     ) -> HttpExchange:
         """One call, retried after each 429 (until the caller's timeout)."""
         assert self._client is not None
@@ -155,6 +174,7 @@ class RestClient:
                 await trio.sleep_until(at)
                 now = trio.current_time()
             self._budget.record(now)
+            turn.set()
             waiting[0] = False
             t_ns = time.time_ns()
             self._metrics.rest_calls += 1
