@@ -59,6 +59,9 @@ RECORDING_TICKERS = 200
 #: A fixed start, so that every run replays the same bytes.
 RECORDING_START_S = 1_731_080_000
 DEFAULT_FRAMES = 36_000
+#: The worker's cost of transactions moves by several points from one pair of runs to the
+#: next on a shared 2-core machine (-1% to +26% in one series of six): the median of many.
+WORKER_PAIRS = 8
 DEFAULT_LIVE_RATES = (500, 1000, 2000, 4000)
 #: The server streams this many tickers; its speed sets the rate (each ticker updates once a
 #: simulated second, so a burst of this many frames comes every 1/speed s).
@@ -175,6 +178,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only the scale-out figures: live against the ingest role at --live-rates, "
         "and the expansion workers (benchmarks/README.md, Scaling out)",
+    )
+    parser.add_argument(
+        "--worker-pairs",
+        type=int,
+        default=WORKER_PAIRS,
+        help="with --scale-out: runs of the worker with and without transactions, "
+        "alternating (default: %(default)s)",
     )
     parser.add_argument(
         "--kafka-config",
@@ -332,21 +342,40 @@ def _scale_out_main(args: argparse.Namespace) -> int:
             }
             frames_topic = f"bench-frames-{time.time_ns()}"
             records = fill_frames(recording, bootstrap, frames_topic)
-            arguments = {"bootstrap": bootstrap, "frames_topic": frames_topic, "records": records}
-            workers: dict[str, Any] = {}
-            for i in range(args.repeat):
-                workers.setdefault("transactions", []).append(
-                    _measure("worker", tag=f"txn{i}-{time.time_ns()}", **arguments)
-                )
-                workers.setdefault("plain", []).append(
-                    _measure("worker_plain", tag=f"plain{i}-{time.time_ns()}", **arguments)
-                )
+            arguments: dict[str, Any] = {
+                "bootstrap": bootstrap,
+                "frames_topic": frames_topic,
+                "records": records,
+            }
+            # A fresh broker's first transactions are slow (its transaction coordinator loads,
+            # the JVM compiles that path): the first run with them cost 18% more CPU a message
+            # than the later ones. One run to warm it, not counted.
+            _measure(
+                "worker", "warm-up", tag=f"warm-{time.time_ns()}", transactions=True, **arguments
+            )
+            workers: dict[str, Any] = {"transactions": [], "plain": []}
+            for i in range(args.worker_pairs):  # alternating: neither always goes first
+                for transactions in (True, False) if i % 2 == 0 else (False, True):
+                    label = f"worker, {'with' if transactions else 'without'} transactions"
+                    workers["transactions" if transactions else "plain"].append(
+                        _measure(
+                            "worker",
+                            label,
+                            tag=f"w{i}{transactions:d}-{time.time_ns()}",
+                            transactions=transactions,
+                            **arguments,
+                        )
+                    )
             for count in (1, 2):
                 workers[f"processes_{count}"] = _measure(
                     "worker_processes", tag=f"p{count}-{time.time_ns()}", count=count, **arguments
                 )
             latency = _measure(
-                "latency", tag=f"lat-{time.time_ns()}", bootstrap=bootstrap, rate=500, seconds=10
+                "latency",
+                tag=f"lat-{time.time_ns()}",
+                bootstrap=bootstrap,
+                rate=500,
+                seconds=args.live_seconds,
             )
     report = {
         "broker": broker,

@@ -201,7 +201,6 @@ def _scale_out(name: str) -> Callable[..., Result]:
 
 KINDS: dict[str, Callable[..., Result]] = {
     "worker": _scale_out("worker"),
-    "worker_plain": _scale_out("worker_plain"),
     "worker_processes": _scale_out("worker_processes"),
     "latency": _scale_out("latency"),
     "transform": transform,

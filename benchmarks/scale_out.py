@@ -1,6 +1,6 @@
 """The scale-out measurements (README, "Scaling out"): the expansion worker's cost per message
-with and without transactions, one against two worker processes, and the latency from a
-frames record to its ticks visible to a ``read_committed`` consumer.
+with and without transactions (its own loop both times), one against two worker processes,
+and the latency from a frames record to its ticks visible to a ``read_committed`` consumer.
 
 Every measurement reads a frames topic filled beforehand by :func:`fill_frames` (the ingest
 role's records of the benchmark's recording), except :func:`latency`, which produces frames
@@ -14,22 +14,35 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupState,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from finazon_trio.events import Received
 from finazon_trio.observe.metrics import TransformMetrics
 from finazon_trio.recording import iter_entries, read_header
 from finazon_trio.settings import KafkaSettings, Output, Subscription
-from finazon_trio.transform.expand import expand
 from finazon_trio.transform.frames import Reject
-from finazon_trio.transform.record import decode, encode
+from finazon_trio.transform.record import encode
 from finazon_trio.transform.stage import Transformer
 from finazon_trio.transform.state import BarStates
-from finazon_trio.worker.config import DEFAULT_FRAMES_PARTITIONS, WorkerSettings
+from finazon_trio.worker.clients import client_configs
+from finazon_trio.worker.config import (
+    DEFAULT_COMMIT_INTERVAL,
+    DEFAULT_FRAMES_PARTITIONS,
+    WorkerSettings,
+)
 from finazon_trio.worker.consumer import ExpandLoop
 from finazon_trio.worker.metrics import WorkerMetrics
 
@@ -75,120 +88,121 @@ def _output(tag: str, bootstrap: str | None = None) -> Output:
     return out
 
 
-def worker(bootstrap: str, frames_topic: str, records: int, tag: str) -> dict[str, Any]:
-    """One in-process worker (transactions, commit every 0.1 s) until it has expanded
-    ``records``: messages/s and CPU us a message (this process, librdkafka's threads too)."""
+class _MeasuredLoop(ExpandLoop):
+    """The worker's own loop, stopping itself after ``records`` and timing itself on its own
+    thread (no measuring thread to compete for the interpreter). With ``transactions`` off,
+    the same loop on an idempotent producer whose consumed offsets are committed
+    asynchronously every commit interval (at least once) instead of in a transaction: what
+    the transactions cost on top of everything else the worker does."""
+
+    def __init__(
+        self, settings: WorkerSettings, bootstrap: str, records: int, transactions: bool
+    ) -> None:
+        super().__init__(settings, bootstrap, WorkerMetrics())
+        self.records, self.transactions = records, transactions
+        self.start = self.end = (0.0, 0.0)
+        if not transactions:
+            _, config = client_configs(settings, bootstrap)
+            del config["transactional.id"], config["transaction.timeout.ms"]
+            self._producer = Producer({**config, "enable.idempotence": True})
+            self._produce = self._producer.produce
+
+    def _call(self, method: Callable[..., object], *args: Any) -> bool:
+        if not self.transactions and method.__name__ in _NOT_TRANSACTIONAL:
+            return True
+        return super()._call(method, *args)
+
+    def _commit(self) -> None:
+        if self.transactions:
+            super()._commit()
+            return
+        consumer = self._consumer
+        assigned = consumer.position(consumer.assignment())
+        positions = [tp for tp in assigned if tp.offset is not None and tp.offset >= 0]
+        if positions:
+            consumer.commit(offsets=positions, asynchronous=True)
+        self._in_txn = False
+        self.metrics.committed += 1
+
+    def _process(self, message: Message) -> bool:
+        if self.metrics.records == 0:
+            self.start = (time.perf_counter(), time.process_time())
+        done = super()._process(message)
+        if self.metrics.records >= self.records:
+            self.stop.set()  # the loop commits the rest of its batch and stops
+        return done
+
+    def _close(self) -> None:
+        if not self.transactions:
+            self._producer.flush(60)  # a commit flushes: so does the end without one
+        self.end = (time.perf_counter(), time.process_time())
+        super()._close()
+
+
+_NOT_TRANSACTIONAL: Final = frozenset({"init_transactions", "begin_transaction"})
+
+
+def worker(
+    bootstrap: str,
+    frames_topic: str,
+    records: int,
+    tag: str,
+    transactions: bool,
+    commit_interval: float = DEFAULT_COMMIT_INTERVAL,
+) -> dict[str, Any]:
+    """The worker's loop, with or without transactions, in this process on its main thread
+    until it has expanded ``records``: messages/s and CPU us a message (the whole process,
+    librdkafka's threads included), from its first record to its last commit."""
     settings = WorkerSettings(
         frames_topic=frames_topic,
         output=_output(tag, bootstrap),
         kafka=KafkaSettings(endpoint=bootstrap),
         group=f"bench-{tag}",
         worker_id=tag,
+        commit_interval=commit_interval,
     )
-    metrics = WorkerMetrics()
-    loop = ExpandLoop(settings, bootstrap, metrics)
-    thread = threading.Thread(target=loop.run)
-    thread.start()
-    while metrics.records == 0:
-        time.sleep(0.001)
-    start, cpu = time.perf_counter(), time.process_time()
-    first = metrics.messages
-    while metrics.records < records and thread.is_alive():
-        time.sleep(0.001)
-    loop.stop.set()
-    thread.join()  # the last commit included
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    messages = metrics.messages - first
+    loop = _MeasuredLoop(settings, bootstrap, records, transactions)
+    loop.run()
+    elapsed, cpu = (b - a for a, b in zip(loop.start, loop.end, strict=True))
+    messages = loop.metrics.messages
     return {
-        "frames_per_s": messages / (Output().points + 1) / elapsed,
+        "transactions": transactions,
+        "commit_interval": commit_interval,
+        "frames_per_s": loop.metrics.records / elapsed,
         "messages": messages,
         "messages_per_s": messages / elapsed,
         "cpu_us_per_message": cpu / messages * 1e6,
-        "transactions": metrics.committed,
-    }
-
-
-def worker_plain(bootstrap: str, frames_topic: str, records: int, tag: str) -> dict[str, Any]:
-    """The same consume → decode → expand → produce without transactions (idempotent producer,
-    auto-committed offsets), flush included: what the transactions cost on top."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-{tag}",
-            "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
-        }
-    )
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "enable.idempotence": True,
-            "compression.type": "lz4",
-            "linger.ms": 5,
-            "batch.size": 1_000_000,
-            "batch.num.messages": 10_000,
-            "queue.buffering.max.messages": 200_000,
-        }
-    )
-    output, subscription = _output(tag, bootstrap), Subscription()
-    consumer.subscribe([frames_topic])
-    done = messages = 0
-    start = cpu = 0.0
-    while done < records:
-        batch = consumer.consume(500, 0.05)
-        if batch and not done:
-            start, cpu = time.perf_counter(), time.process_time()
-        for message in batch:
-            decoded = decode(message.value())
-            assert not isinstance(decoded, Reject)
-            update, e, interval, _origin = decoded
-            for topic, key, value, ts, headers in expand(update, e, interval, output, subscription):
-                while True:
-                    try:
-                        producer.produce(topic, value, key, -1, None, None, ts, headers)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                messages += 1
-            done += 1
-        producer.poll(0)
-    producer.flush(60)
-    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
-    consumer.close()
-    return {
-        "frames_per_s": done / elapsed,
-        "messages": messages,
-        "messages_per_s": messages / elapsed,
-        "cpu_us_per_message": cpu / messages * 1e6,
+        "commits": loop.metrics.committed,
     }
 
 
 def worker_processes(
     bootstrap: str, frames_topic: str, records: int, tag: str, count: int
 ) -> dict[str, Any]:
-    """``count`` ``finazon-trio expand`` processes of one group over the filled frames topic:
-    messages/s from the first committed offset to the last, and their CPU per message."""
-    group = f"bench-{tag}"
-    out = _output(tag)
-    command = [sys.executable, "-m", "finazon_trio", "--log-level", "warning", "expand"]
-    command += ["--frames-topic", frames_topic, "--group", group, "--no-dashboard"]
-    command += ["--price-ticks-topic", out.price_ticks_topic]
-    command += ["--volume-stream-topic", out.volume_stream_topic, "--kafka-endpoint", bootstrap]
-    processes = [subprocess.Popen(command, cwd=ROOT) for _ in range(count)]
+    """``count`` ``finazon-trio expand`` processes of one group: started on an empty frames
+    topic, which gets the filled topic's records (same partitions) once the group has settled
+    (so that neither the processes' start nor the rebalances of their joining are measured);
+    messages/s and their CPU per message from then to the last commit."""
+    stored = _read_all(bootstrap, frames_topic, records)
+    topic, group, out = f"frames-{tag}", f"bench-{tag}", _output(tag, bootstrap)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, DEFAULT_FRAMES_PARTITIONS, 1)])[topic].result(30)
+    processes = [_expand(bootstrap, topic, group, out) for _ in range(count)]
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    partitions = [TopicPartition(frames_topic, p) for p in range(DEFAULT_FRAMES_PARTITIONS)]
+    partitions = [TopicPartition(topic, p) for p in range(DEFAULT_FRAMES_PARTITIONS)]
+    committed = 0
     try:
-        start = 0.0
-        cpu_start = 0.0
-        committed = 0
+        _settled(admin, group, count)
+        producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+        start, cpu_start = time.perf_counter(), sum(_cpu_seconds(p.pid) for p in processes)
+        for partition, key, value, timestamp in stored:
+            producer.produce(topic, value, key, partition, timestamp=timestamp)
+        producer.flush(60)
         deadline = time.monotonic() + 600
         while committed < records and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
             offsets = watcher.committed(partitions, timeout=10)
             committed = sum(max(tp.offset, 0) for tp in offsets)
-            if committed and not start:
-                start = time.perf_counter()
-                cpu_start = sum(_cpu_seconds(p.pid) for p in processes)
         elapsed = time.perf_counter() - start
         cpu = sum(_cpu_seconds(p.pid) for p in processes) - cpu_start
     finally:
@@ -207,6 +221,56 @@ def worker_processes(
     }
 
 
+def _expand(bootstrap: str, topic: str, group: str, out: Output) -> subprocess.Popen[bytes]:
+    """A ``finazon-trio expand`` process of ``group`` over ``topic``, writing to ``out``."""
+    command = [sys.executable, "-m", "finazon_trio", "--log-level", "warning", "expand"]
+    command += ["--frames-topic", topic, "--group", group, "--no-dashboard"]
+    command += ["--price-ticks-topic", out.price_ticks_topic]
+    command += ["--volume-stream-topic", out.volume_stream_topic, "--kafka-endpoint", bootstrap]
+    return subprocess.Popen(command, cwd=ROOT)
+
+
+def _read_all(bootstrap: str, topic: str, records: int) -> list[tuple[Any, ...]]:
+    """``(partition, key, value, timestamp)`` of the first ``records`` records of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{time.time_ns()}"})
+    consumer.assign(
+        [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(DEFAULT_FRAMES_PARTITIONS)]
+    )
+    stored: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 120
+    while len(stored) < records and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 1.0):
+            if m.error() is None:
+                stored.append((m.partition(), m.key(), m.value(), m.timestamp()[1]))
+    consumer.close()
+    return stored
+
+
+def _settled(admin: AdminClient, group: str, members: int) -> None:
+    """Wait until ``group`` is stable with ``members`` members sharing every partition."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            description: Any = admin.describe_consumer_groups([group])[group].result(10)
+        except KafkaException:
+            description = None
+        if description is None or (
+            description.state == ConsumerGroupState.STABLE and not description.members
+        ):  # a broker that does not describe its groups' members (Tansu): give them time
+            time.sleep(10)
+            return
+        assigned = sum(len(m.assignment.topic_partitions) for m in description.members)
+        if (
+            description.state == ConsumerGroupState.STABLE
+            and len(description.members) == members
+            and assigned == DEFAULT_FRAMES_PARTITIONS
+            and all(m.assignment.topic_partitions for m in description.members)
+        ):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"group {group} did not settle with {members} members")
+
+
 def latency(bootstrap: str, tag: str, rate: int, seconds: float) -> dict[str, Any]:
     """Frames records produced at ``rate``/s with the current time as event time, one
     ``expand`` process, and a ``read_committed`` consumer of the volume topic: how long after
@@ -216,27 +280,19 @@ def latency(bootstrap: str, tag: str, rate: int, seconds: float) -> dict[str, An
     admin.create_topics([NewTopic(frames_topic, DEFAULT_FRAMES_PARTITIONS, 1)])[
         frames_topic
     ].result(30)
-    out = _output(tag)
-    command = [sys.executable, "-m", "finazon_trio", "--log-level", "warning", "expand"]
-    command += ["--frames-topic", frames_topic, "--group", f"bench-{tag}", "--no-dashboard"]
-    command += ["--price-ticks-topic", out.price_ticks_topic]
-    command += ["--volume-stream-topic", out.volume_stream_topic, "--kafka-endpoint", bootstrap]
-    worker_process = subprocess.Popen(command, cwd=ROOT)
+    out = _output(tag, bootstrap)
+    worker_process = _expand(bootstrap, frames_topic, f"bench-{tag}", out)
     reader = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"read-{tag}",
             "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
         }
     )
+    reader.assign([TopicPartition(out.volume_stream_topic, 0, OFFSET_BEGINNING)])
     delays: list[float] = []
     try:
-        time.sleep(8)  # the worker joins its group and creates the output topics
-        reader.subscribe([out.volume_stream_topic])
-        end = time.monotonic() + 5
-        while time.monotonic() < end:  # the reader's own assignment
-            reader.poll(0.1)
+        _settled(admin, f"bench-{tag}", 1)
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
         bars = _bars()
         states = BarStates()
