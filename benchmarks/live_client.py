@@ -63,7 +63,7 @@ def live(
         dashboard=False,
     )
     metrics = Metrics(mode="live")
-    watch = _Watch(metrics, server_pid, warmup, seconds)
+    watch = _Watch(metrics, server_pid, warmup, seconds, per_frame=1 if frames_topic else 91)
 
     async def source(send: trio.MemorySendChannel[Any]) -> None:
         async with trio.open_nursery() as nursery:
@@ -78,8 +78,12 @@ def live(
 class _Watch:
     """Samples the running pipeline from the trio thread."""
 
-    def __init__(self, metrics: Metrics, server_pid: int, warmup: float, seconds: float) -> None:
+    def __init__(
+        self, metrics: Metrics, server_pid: int, warmup: float, seconds: float, per_frame: int
+    ) -> None:
+        """``per_frame``: messages a frame makes (1 frames record for the ingest role)."""
         self.metrics = metrics
+        self.per_frame = per_frame
         self.server_pid = server_pid
         self.warmup = warmup
         self.seconds = seconds
@@ -103,16 +107,18 @@ class _Watch:
         source_frames = m.channels.fill["source"][0]
         pub = m.publisher
         made = m.transform.ticks + m.transform.volume_messages
+        if self.per_frame == 1:  # the ingest role: one frames record a bar
+            made = m.transform.bars
         return {
             "t": time.perf_counter(),
             "cpu": time.process_time(),
             "server_cpu": _cpu_seconds(self.server_pid),
             "received": m.source.frames,
             "bars": m.transform.bars,
-            # frames waiting for the transform, and the messages made (91 a frame) that Kafka
-            # has not acknowledged yet: in batches between the stages, the spool, the
+            # frames waiting for the transform, and the frames whose messages are made but not
+            # acknowledged by Kafka yet: in batches between the stages, the spool, the
             # producer's queue
-            "backlog_frames": source_frames + (made - pub.delivered - pub.failed) / 91,
+            "backlog_frames": source_frames + (made - pub.delivered - pub.failed) / self.per_frame,
             "made": made,
             "spooled": pub.spooled,
             "rss_mb": _status_mb("VmRSS"),
