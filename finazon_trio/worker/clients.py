@@ -19,8 +19,12 @@ PRODUCER_DEFAULTS: Final[Config] = {
     "batch.size": 1_000_000,
     "batch.num.messages": 10_000,
     "queue.buffering.max.messages": 200_000,
-    "transaction.timeout.ms": 60_000,
 }
+#: How long the broker lets a transaction stay open before it aborts it (at least ten commit
+#: intervals): how long a worker that died without a stable ``--worker-id`` holds back
+#: ``read_committed`` readers of what it wrote (Kafka Streams' default for exactly once). It
+#: also bounds a message's delivery: an outage longer than this aborts and rewinds.
+TRANSACTION_TIMEOUT_MS: Final = 10_000
 CONSUMER_DEFAULTS: Final[Config] = {
     "client.id": "finazon-trio-expand",
     "isolation.level": "read_committed",
@@ -68,6 +72,13 @@ def client_configs(settings: WorkerSettings, bootstrap: str) -> tuple[Config, Co
         "bootstrap.servers": bootstrap,
         **PRODUCER_DEFAULTS,
         "transactional.id": settings.transactional_id,
+        "transaction.timeout.ms": transaction_timeout_ms(settings.commit_interval),
         **extra,
     }
     return consumer, producer
+
+
+def transaction_timeout_ms(commit_interval: float) -> int:
+    """The producer's ``transaction.timeout.ms``: :data:`TRANSACTION_TIMEOUT_MS`, or ten
+    commit intervals if that is longer."""
+    return max(TRANSACTION_TIMEOUT_MS, round(commit_interval * 10_000))
