@@ -163,6 +163,8 @@ def worker(
     )
     loop = _MeasuredLoop(settings, bootstrap, records, transactions)
     loop.run()
+    if not (loop.start[0] and loop.end[0]):
+        raise RuntimeError("the measuring hooks were not called: ExpandLoop has changed")
     elapsed, cpu = (b - a for a, b in zip(loop.start, loop.end, strict=True))
     messages = loop.metrics.messages
     return {
