@@ -60,7 +60,7 @@ RECORDING_TICKERS = 200
 RECORDING_START_S = 1_731_080_000
 DEFAULT_FRAMES = 36_000
 #: The worker's cost of transactions moves by several points from one pair of runs to the
-#: next on a shared 2-core machine (-1% to +26% in one series of six): the median of many.
+#: next (+0.7% to +7.0% over eight pairs on a quiet 2-core machine): the median of many.
 WORKER_PAIRS = 8
 DEFAULT_LIVE_RATES = (500, 1000, 2000, 4000)
 #: The server streams this many tickers; its speed sets the rate (each ticker updates once a
