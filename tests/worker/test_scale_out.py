@@ -372,5 +372,12 @@ def test_workers_resume_exactly_once_after_the_broker_is_killed_and_restarted(
     finally:
         done.set()
         supervisor.join()
-    assert all("error:" in line and "has not returned" in line for line in restarts), restarts
-    assert [worker.stop() for worker in workers] == [0, 0]
+    assert all(stuck(line) for line in restarts), restarts
+    for worker in workers:  # one may be stuck still: its watchdog ends it, as above
+        status = worker.stop()
+        assert status == 0 or stuck(worker.text().splitlines()[-1]), worker.text()[-2000:]
+
+
+def stuck(line: str) -> bool:
+    """The line a worker stuck inside librdkafka ends with (docs/scaling-out.md)."""
+    return line.startswith("error:") and "has not returned" in line
