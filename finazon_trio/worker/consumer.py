@@ -252,7 +252,8 @@ class ExpandLoop:
             except KafkaException as exc:
                 error = exc.args[0] if exc.args else None
                 if isinstance(error, confluent_kafka.KafkaError) and error.retriable():
-                    if self.stop.is_set() and method is self._producer.init_transactions:
+                    # ``==``: each attribute access makes a new bound method object.
+                    if self.stop.is_set() and method == self._producer.init_transactions:
                         raise KafkaError(f"stopped before Kafka answered: {reason(exc)}") from None
                     logger.info("retrying %s: %s", getattr(method, "__name__", method), reason(exc))
                     continue
