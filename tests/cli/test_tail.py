@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -91,15 +93,12 @@ def test_tail_prints_what_a_replay_published(
     assert volumes == [m.value for m in by_topic(expected, volume)]
 
 
-@one_broker
-def test_tail_from_the_end_shows_only_what_comes_after_it_started(kafka_bootstrap: str) -> None:
-    """Records already there are skipped, even those of the last batch (Tansu names the start of
-    its last batch as the end); what is produced once tail says it is at the end is shown."""
-    topic = unique_topic("tail-later")
-    earlier = [(topic, b"AAPL", b'{"old": %d}' % n, 1_700_000_000_000, None) for n in range(5)]
-    produce_all(kafka_bootstrap, earlier)
+@contextlib.contextmanager
+def _tail_at_the_end(bootstrap: str, topic: str, *extra: str) -> Iterator[subprocess.Popen[str]]:
+    """``tail`` of ``topic`` in its own process, once it says it starts from the end; killed
+    when the block ends."""
     child = subprocess.Popen(
-        command("tail", "--kafka-endpoint", kafka_bootstrap, "--topic", topic, "--count", "2"),
+        command("tail", "--kafka-endpoint", bootstrap, "--topic", topic, *extra),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -107,11 +106,22 @@ def test_tail_from_the_end_shows_only_what_comes_after_it_started(kafka_bootstra
     try:
         assert child.stderr is not None
         _wait_for_line(child.stderr, "from the end")
+        yield child
+    finally:
+        child.kill()
+
+
+@one_broker
+def test_tail_from_the_end_shows_only_what_comes_after_it_started(kafka_bootstrap: str) -> None:
+    """Records already there are skipped, even those of the last batch (Tansu names the start of
+    its last batch as the end); what is produced once tail says it is at the end is shown."""
+    topic = unique_topic("tail-later")
+    earlier = [(topic, b"AAPL", b'{"old": %d}' % n, 1_700_000_000_000, None) for n in range(5)]
+    produce_all(kafka_bootstrap, earlier)
+    with _tail_at_the_end(kafka_bootstrap, topic, "--count", "2") as child:
         later = [(topic, b"TSLA", b'{"n": %d}' % n, 1_700_000_000_000 + n, None) for n in (1, 2)]
         produce_all(kafka_bootstrap, later)
         out, err = child.communicate(timeout=TIMEOUT)
-    finally:
-        child.kill()
     assert child.returncode == 0, err
     assert out.splitlines() == [
         f'{topic}\tTSLA\t2023-11-14T22:13:20.001Z\t{{"n": 1}}',
@@ -123,20 +133,10 @@ def test_tail_from_the_end_shows_only_what_comes_after_it_started(kafka_bootstra
 def test_ctrl_c_ends_tail_at_once_with_status_0(kafka_bootstrap: str) -> None:
     topic = unique_topic("tail-idle")
     produce_all(kafka_bootstrap, [(topic, b"AAPL", b"{}", 1_700_000_000_000, None)])
-    child = subprocess.Popen(
-        command("tail", "--kafka-endpoint", kafka_bootstrap, "--topic", topic),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stderr is not None
-        _wait_for_line(child.stderr, "from the end")
+    with _tail_at_the_end(kafka_bootstrap, topic) as child:
         started = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=TIMEOUT)
-    finally:
-        child.kill()
     assert child.returncode == 0, err
     assert time.monotonic() - started < 5
     assert out == ""

@@ -127,6 +127,12 @@ def recording_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()[1:]]
 
 
+def message_counts(expected: dict[bytes, list[tuple[Any, int, bool]]]) -> tuple[int, int]:
+    """How many price ticks and volume records ``expected`` holds."""
+    ticks = sum(1 for v in expected.values() for m in v if "price" in m[0])
+    return ticks, sum(len(v) for v in expected.values()) - ticks
+
+
 def expected_with_backfill(
     lines: list[dict[str, Any]], output: Output
 ) -> dict[bytes, list[tuple[Any, int, bool]]]:
@@ -230,8 +236,7 @@ async def test_a_drop_of_minutes_is_backfilled_in_order_and_replays_identically(
     assert KEY not in logged.getvalue()
     assert sum("rest" in entry for entry in lines) == len(TICKERS)
     expected = expected_with_backfill(lines, output)
-    ticks_count = sum(1 for v in expected.values() for m in v if "price" in m[0])
-    volume_count = sum(len(v) for v in expected.values()) - ticks_count
+    ticks_count, volume_count = message_counts(expected)
     records = await consume_topics(
         kafka_bootstrap,
         {output.price_ticks_topic: ticks_count, output.volume_stream_topic: volume_count},
@@ -370,8 +375,7 @@ async def test_what_rest_cannot_fill_becomes_gap_records(
             )
             assert entry["t_ns"] - held_from < (timeout + 0.5) * 1e9
     expected = expected_with_backfill(lines, output)
-    ticks_count = sum(1 for v in expected.values() for m in v if "price" in m[0])
-    volume_count = sum(len(v) for v in expected.values()) - ticks_count
+    ticks_count, volume_count = message_counts(expected)
     records = await consume_topics(
         kafka_bootstrap,
         {output.price_ticks_topic: ticks_count, output.volume_stream_topic: volume_count},
